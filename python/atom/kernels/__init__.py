@@ -1,0 +1,83 @@
+"""The ops the layers call. Shapes and dtypes are documented on the torch references
+(atom/kernels/reference); every implementation computes the same function.
+
+Each call dispatches on the input's device type through ``registry.pick``: aiter (ROCm, when
+installed) -> native ``atom._C`` -> triton -> torch reference, skipping backends that are not
+registered for that op and device. Functions that mutate say so; callers use the return values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from atom.forward_context import AttentionMetadata
+from atom.kernels import backends as _backends  # noqa: F401  (registers every usable backend)
+from atom.kernels.registry import pick
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x: [..., hidden]; weight: [hidden]. Returns a new tensor in x's dtype."""
+    return pick("rms_norm", x.device.type)(x, weight, eps)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rms_norm(x + residual), x + residual). May reuse x and residual's storage."""
+    return pick("fused_add_rms_norm", x.device.type)(x, residual, weight, eps)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., 2 * d] = [gate | up]; returns silu(gate) * up: [..., d]."""
+    return pick("silu_and_mul", x.device.type)(x)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    head_size: int,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (query, key) rotated; may rotate them in place."""
+    return pick("rotary_embedding", query.device.type)(
+        positions, query, key, head_size, cos_sin_cache, is_neox
+    )
+
+
+def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, k_scale=None, v_scale=None):
+    """Writes key/value [T, Hkv, D] into the paged caches at slot_mapping (in place)."""
+    pick("reshape_and_cache", key.device.type)(
+        key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale
+    )
+
+
+def fused_qk_norm_rope_cache(
+    q, k, v, q_norm_weight, k_norm_weight, eps, positions, cos_sin_cache, is_neox,
+    key_cache, value_cache, slot_mapping, k_scale=None, v_scale=None,
+):  # fmt: skip
+    """Optional per-head RMSNorm of q and k, RoPE on both, and the cache write of (k, v), in one
+    pass. Returns (q, k) as normed and rotated (possibly in place)."""
+    return pick("fused_qk_norm_rope_cache", q.device.type)(
+        q, k, v, q_norm_weight, k_norm_weight, eps, positions, cos_sin_cache, is_neox,
+        key_cache, value_cache, slot_mapping, k_scale, v_scale,
+    )  # fmt: skip
+
+
+def paged_attention(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+    sinks: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of q [T, Hq, D] over the paged cache (this step's K/V already written)."""
+    return pick("paged_attention", q.device.type)(
+        q, key_cache, value_cache, meta, scale, sliding_window, sinks, k_scale, v_scale, out
+    )
