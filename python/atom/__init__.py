@@ -1,6 +1,6 @@
 """ATOM: a lightweight, fast LLM inference engine for CUDA, ROCm and the CPU.
 
-    from atom import LLMEngine, SamplingParams
+from atom import LLMEngine, SamplingParams
 """
 
 __version__ = "0.1.0"
