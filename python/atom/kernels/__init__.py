@@ -81,3 +81,22 @@ def paged_attention(
     return pick("paged_attention", q.device.type)(
         q, key_cache, value_cache, meta, scale, sliding_window, sinks, k_scale, v_scale, out
     )
+
+
+def fused_moe(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: str = "silu",
+    b13: torch.Tensor | None = None,
+    b2: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Routed experts: out[t] = sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]).
+    hidden [T, H]; w13 [E, 2I, H] = [gate | up]; w2 [E, H, I]; topk_* [T, k] (fp32, int32; ids
+    outside [0, E) are skipped); activation "silu" | "gptoss_swiglu"; optional b13 [E, 2I],
+    b2 [E, H]. Returns [T, H] in hidden's dtype (atom/kernels/reference/moe.py)."""
+    return pick("fused_moe", hidden.device.type)(
+        hidden, w13, w2, topk_weights, topk_ids, activation, b13, b2
+    )

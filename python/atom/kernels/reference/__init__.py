@@ -2,3 +2,4 @@
 implementation used where no faster one is available. Registered as backend ``torch``."""
 
 from atom.kernels.reference import activation, attention, cache, norm, rotary  # noqa: F401
+from atom.kernels.reference import moe  # noqa: F401
