@@ -1,0 +1,304 @@
+"""Split-K ("flash-decoding") paged attention for decode-only batches (one new token per sequence).
+
+Work split: the grid is (num_seqs, Hkv, NUM_SPLITS). Program (b, g, s) takes the GROUP = Hq / Hkv
+query heads that share KV head g, stacked as the rows of the dots (padded to GROUP_PAD >= 16), and
+the s-th of NUM_SPLITS equal, BLOCK_N-aligned slices of the keys the token sees, [lo, seq_len)
+with lo = max(0, seq_len - W) under a sliding window. Each K/V byte is read by one program.
+
+With NUM_SPLITS == 1 the kernel writes the final output. Otherwise each split writes its normalised
+partial output o_s = acc_s / l_s and log-sum-exp lse_s = m_s + log2(l_s) (log2 domain) into a
+workspace and a second kernel combines them (Dao et al., "Flash-Decoding", 2023):
+    M = max(max_s lse_s, sink),  w_s = 2^(lse_s - M),
+    out = v_scale * sum_s w_s o_s / (sum_s w_s + 2^(sink - M)).
+An empty split (short sequence) writes lse = -inf and o = 0, so the combine reads every split.
+
+CUDA graphs: ``decode_attention`` sizes its grid from the shapes of its arguments and the fixed
+``num_splits`` only; it never reads a device value on the host. What must stay persistent between
+capture and replay (same storage, new contents): q, out, key/value caches, block_tables, seq_lens,
+cu_seqlens_q, sinks, k_scale, v_scale and the DecodeWorkspace. Padding sequences of a captured
+batch may have seq_len 0: they read nothing and write zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from atom.kernels.triton.attention_tile import (
+    NEG_BIG,
+    attend_kv_tile,
+    dot_settings,
+    to_output_dtype,
+)
+
+LOG2E: tl.constexpr = 1.4426950408889634
+MAX_SPLITS = 64
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    block_n: int  # keys per inner step
+    num_warps: int
+    num_stages: int
+
+
+def default_decode_config(head_dim_pad: int) -> DecodeConfig:
+    if head_dim_pad >= 256:
+        return DecodeConfig(block_n=32, num_warps=4, num_stages=2)
+    return DecodeConfig(block_n=64, num_warps=4, num_stages=3)
+
+
+def default_num_splits(num_seqs: int, num_kv_heads: int, max_seqlen_k: int, num_sms: int) -> int:
+    """Enough programs to fill the GPU about twice, but never slices shorter than 256 keys."""
+    programs = max(1, num_seqs * num_kv_heads)
+    wanted = triton.cdiv(2 * num_sms, programs)
+    by_length = triton.cdiv(max(1, max_seqlen_k), 256)
+    return max(1, min(wanted, by_length, MAX_SPLITS))
+
+
+class DecodeWorkspace:
+    """Scratch for split partials; allocate once per (max batch, num_splits) and keep it alive
+    across CUDA-graph capture and replay. out: [max_seqs, Hq, num_splits, D] fp32,
+    lse: [max_seqs, Hq, num_splits] fp32."""
+
+    def __init__(self, max_num_seqs, num_heads, head_dim, num_splits, device):
+        if not 1 <= num_splits <= MAX_SPLITS:
+            raise ValueError(f"num_splits={num_splits} must be in [1, {MAX_SPLITS}]")
+        self.num_splits = num_splits
+        shape = (max_num_seqs, num_heads, num_splits)
+        self.out = torch.empty(*shape, head_dim, dtype=torch.float32, device=device)
+        self.lse = torch.empty(*shape, dtype=torch.float32, device=device)
+
+
+@triton.jit(do_not_specialize=["window"])
+def _decode_split_kernel(
+    q_ptr,  # [T, Hq, D]
+    k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
+    v_cache_ptr,
+    out_ptr,  # [T, Hq, D] (NUM_SPLITS == 1)
+    part_out_ptr,  # [num_seqs, Hq, NUM_SPLITS, D] fp32 (NUM_SPLITS > 1)
+    part_lse_ptr,  # [num_seqs, Hq, NUM_SPLITS] fp32
+    block_tables_ptr,
+    seq_lens_ptr,
+    cu_seqlens_q_ptr,
+    sinks_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    softmax_scale,
+    window,
+    stride_q_tok,
+    stride_q_head,
+    stride_o_tok,
+    stride_o_head,
+    stride_k_block,
+    stride_k_tok,
+    stride_k_head,
+    stride_v_block,
+    stride_v_tok,
+    stride_v_head,
+    stride_bt_seq,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    HAS_K_SCALE: tl.constexpr,
+    HAS_V_SCALE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    q_tok = tl.load(cu_seqlens_q_ptr + seq)
+    if tl.load(cu_seqlens_q_ptr + seq + 1) == q_tok:  # no new token for this sequence
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    kv_lo = 0
+    if USE_WINDOW:
+        kv_lo = tl.maximum(seq_len - window, 0)
+    per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    split_lo = kv_lo + split * per_split
+    split_hi = tl.minimum(split_lo + per_split, seq_len)
+
+    rows = tl.arange(0, GROUP_PAD)
+    row_valid = rows < GROUP
+    head = kv_head * GROUP + rows
+    offs_d = tl.arange(0, D_PAD)
+    row_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q_ptrs = q_ptr + q_tok.to(tl.int64) * stride_q_tok + head[:, None] * stride_q_head
+    q = tl.load(q_ptrs + offs_d[None, :], mask=row_mask, other=0.0)
+    q_pos = rows * 0 + seq_len - 1
+
+    qk_scale = softmax_scale * LOG2E
+    if HAS_K_SCALE:
+        qk_scale = qk_scale * tl.load(k_scale_ptr).to(tl.float32)
+    acc = tl.zeros([GROUP_PAD, D_PAD], dtype=tl.float32)
+    if HAS_SINKS and NUM_SPLITS == 1:
+        m_i = tl.load(sinks_ptr + head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
+        l_i = tl.full([GROUP_PAD], 1.0, dtype=tl.float32)
+    else:
+        m_i = tl.full([GROUP_PAD], NEG_BIG, dtype=tl.float32)
+        l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
+
+    k_head_ptr = k_cache_ptr + kv_head * stride_k_head
+    v_head_ptr = v_cache_ptr + kv_head * stride_v_head
+    bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
+    # Every key in [lo, seq_len) is visible to the token at seq_len - 1: only the slice bounds mask.
+    for start in range(split_lo, split_hi, BLOCK_N):
+        acc, m_i, l_i = attend_kv_tile(
+            acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, start, split_lo, split_hi,
+            window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
+            offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, False, False, DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
+
+    if NUM_SPLITS == 1:
+        safe_l = tl.where(l_i > 0.0, l_i, 1.0)  # seq_len 0 (graph padding): write zeros
+        out = acc / safe_l[:, None]
+        if HAS_V_SCALE:
+            out = out * tl.load(v_scale_ptr).to(tl.float32)
+        o_ptrs = out_ptr + q_tok.to(tl.int64) * stride_o_tok + head[:, None] * stride_o_head
+        tl.store(
+            o_ptrs + offs_d[None, :],
+            to_output_dtype(out, out_ptr.dtype.element_ty, CPU_BF16),
+            mask=row_mask,
+        )
+    else:
+        has_keys = l_i > 0.0
+        part = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+        lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        num_heads = tl.num_programs(1) * GROUP
+        base = (seq.to(tl.int64) * num_heads + head) * NUM_SPLITS + split
+        tl.store(part_lse_ptr + base, lse, mask=row_valid)
+        tl.store(part_out_ptr + base[:, None] * HEAD_DIM + offs_d[None, :], part, mask=row_mask)
+
+
+@triton.jit
+def _decode_combine_kernel(
+    out_ptr,  # [T, Hq, D]
+    part_out_ptr,  # [num_seqs, Hq, NUM_SPLITS, D] fp32
+    part_lse_ptr,  # [num_seqs, Hq, NUM_SPLITS] fp32
+    cu_seqlens_q_ptr,
+    sinks_ptr,
+    v_scale_ptr,
+    stride_o_tok,
+    stride_o_head,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    HAS_V_SCALE: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    q_tok = tl.load(cu_seqlens_q_ptr + seq)
+    if tl.load(cu_seqlens_q_ptr + seq + 1) == q_tok:
+        return
+    splits = tl.arange(0, SPLITS_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    base = (seq.to(tl.int64) * tl.num_programs(1) + head) * NUM_SPLITS
+    lse = tl.load(part_lse_ptr + base + splits, mask=splits < NUM_SPLITS, other=float("-inf"))
+    m = tl.max(lse, 0)
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + head).to(tl.float32) * LOG2E
+        m = tl.maximum(m, sink)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)  # no keys and no sink: output zeros
+    w = tl.exp2(lse - m_safe)
+    denom = tl.sum(w, 0)
+    if HAS_SINKS:
+        denom += tl.exp2(sink - m_safe)
+    o_mask = (splits[:, None] < NUM_SPLITS) & (offs_d[None, :] < HEAD_DIM)
+    parts = tl.load(
+        part_out_ptr + (base + splits)[:, None] * HEAD_DIM + offs_d[None, :], mask=o_mask, other=0.0
+    )
+    out = tl.sum(parts * w[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
+    if HAS_V_SCALE:
+        out = out * tl.load(v_scale_ptr).to(tl.float32)
+    o_ptrs = out_ptr + q_tok.to(tl.int64) * stride_o_tok + head * stride_o_head + offs_d
+    tl.store(
+        o_ptrs, to_output_dtype(out, out_ptr.dtype.element_ty, CPU_BF16), mask=offs_d < HEAD_DIM
+    )
+
+
+def decode_attention(
+    q: torch.Tensor,  # [T, Hq, D] fp16 / bf16 / fp32, last dim contiguous
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D] q's dtype or fp8 e4m3
+    value_cache: torch.Tensor,
+    out: torch.Tensor,  # [T, Hq, D]; row cu_seqlens_q[b] gets sequence b's output
+    cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32, every q_len 0 or 1
+    seq_lens: torch.Tensor,  # [num_seqs] int32 (0 for graph padding)
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks] int32
+    scale: float,
+    sliding_window: int | None,
+    sinks: torch.Tensor | None,  # [Hq]
+    k_scale: torch.Tensor | None,  # [1] fp32
+    v_scale: torch.Tensor | None,
+    num_splits: int,
+    workspace: DecodeWorkspace | None = None,
+    config: DecodeConfig | None = None,
+) -> torch.Tensor:
+    """Launches the split kernel (and the combine kernel when num_splits > 1). Host work is only
+    shape arithmetic, so this is safe to capture in a CUDA graph with a persistent workspace."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    _, block_size, num_kv_heads, _ = key_cache.shape
+    num_seqs = seq_lens.shape[0]
+    if num_seqs == 0:
+        return out
+    group = num_heads // num_kv_heads
+    d_pad = max(16, triton.next_power_of_2(head_dim))
+    cfg = config or default_decode_config(d_pad)
+    if num_splits > 1:
+        if workspace is None:
+            workspace = DecodeWorkspace(num_seqs, num_heads, head_dim, num_splits, q.device)
+        elif workspace.out.shape[0] < num_seqs or workspace.out.shape[1:] != (
+            num_heads,
+            num_splits,
+            head_dim,
+        ):
+            raise ValueError(
+                f"workspace of shape {tuple(workspace.out.shape)} does not fit {num_seqs} seqs x"
+                f" {num_heads} heads x {num_splits} splits x head_dim {head_dim}"
+            )
+        part_out, part_lse = workspace.out, workspace.lse
+    else:
+        part_out = part_lse = out  # unused
+    dot_precision, cpu_bf16 = dot_settings(q)
+    dummy = seq_lens
+    _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q, key_cache, value_cache, out, part_out, part_lse, block_tables, seq_lens, cu_seqlens_q,
+        dummy if sinks is None else sinks,
+        dummy if k_scale is None else k_scale,
+        dummy if v_scale is None else v_scale,
+        float(scale), int(sliding_window or 0),
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_tables.stride(0),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
+        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, NUM_SPLITS=num_splits,
+        USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
+        HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if num_splits > 1:
+        _decode_combine_kernel[(num_seqs, num_heads)](
+            out, part_out, part_lse, cu_seqlens_q,
+            dummy if sinks is None else sinks,
+            dummy if v_scale is None else v_scale,
+            out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, D_PAD=d_pad, NUM_SPLITS=num_splits,
+            SPLITS_PAD=triton.next_power_of_2(num_splits),
+            HAS_SINKS=sinks is not None, HAS_V_SCALE=v_scale is not None, CPU_BF16=cpu_bf16,
+            num_warps=4 if head_dim >= 128 else 2,
+        )  # fmt: skip
+    return out

@@ -1,0 +1,249 @@
+"""Unified paged attention: any mix of prefill chunks and decodes in one launch.
+
+Work split: the grid is (query tiles, KV heads). A query tile holds BLOCK_Q consecutive new tokens of
+one sequence times the GROUP = Hq / Hkv query heads that share a KV head, stacked as the
+BLOCK_M = BLOCK_Q * GROUP rows of the dot (row r = token r // GROUP, head r % GROUP). So each K/V
+tile is read once for the whole GQA group, and a decode row (one token) still fills a 16-row dot
+when GROUP is small.
+
+Tile numbering without a host sync: sequence b owns tiles [cu_q[b] // BLOCK_Q + b, cu_q[b+1] //
+BLOCK_Q + b + 1), which covers its ceil(q_len / BLOCK_Q) tiles and is increasing in b. A program
+finds its sequence by binary search over cu_seqlens_q; surplus tiles exit at once. The grid size,
+num_tokens // BLOCK_Q + num_seqs, comes from shapes only.
+
+Per tile the keys [lo, p1] are visited in three phases so that only boundary tiles pay for masks
+(p0/p1 = first/last query position of the tile, W = sliding window):
+    A  [lo_tile, a_end)  keys some row of the tile has already slid past   masked (window only)
+    B  [a_end, diag)     keys every row sees: j <= p0 and j > p1 - W        unmasked
+    C  [diag, p1 + 1)    the causal diagonal                                masked
+with lo = max(0, p0 - W + 1), diag = floor((p0 + 1) / BLOCK_N) * BLOCK_N and a_end the first tile
+start >= p1 - W + 1 (clamped into [lo_tile, diag]). Keys outside [lo, p1] are never loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from atom.kernels.triton.attention_tile import (
+    NEG_BIG,
+    attend_kv_tile,
+    dot_settings,
+    to_output_dtype,
+)
+
+LOG2E: tl.constexpr = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class UnifiedConfig:
+    block_m: int  # rows per program = tokens per tile * GROUP (a power of two >= 16)
+    block_n: int  # keys per inner step
+    num_warps: int
+    num_stages: int
+
+
+def default_unified_config(max_seqlen_q: int, group: int, head_dim_pad: int) -> UnifiedConfig:
+    """Smaller row tiles for short queries (decode rows, spec-decode chunks) so fewer rows are
+    padding; 128-row tiles (two warpgroups of wgmma on Hopper) for real prefill."""
+    rows = max_seqlen_q * group
+    block_m = 16
+    while block_m < min(rows, 128):
+        block_m *= 2
+    block_m = max(block_m, triton.next_power_of_2(group))
+    block_n = 32 if head_dim_pad >= 256 else 64
+    num_warps = 8 if block_m >= 128 else 4
+    num_stages = 2 if head_dim_pad >= 256 else 3
+    return UnifiedConfig(block_m, block_n, num_warps, num_stages)
+
+
+@triton.jit
+def _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_id, BLOCK_Q: tl.constexpr):
+    """The largest b < num_seqs whose first tile cu_q[b] // BLOCK_Q + b is <= tile_id."""
+    lo = tl.program_id(0) * 0
+    hi = lo + num_seqs
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        first_tile = tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid
+        if first_tile <= tile_id:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@triton.jit(do_not_specialize=["num_seqs", "window"])
+def _unified_attention_kernel(
+    q_ptr,  # [T, Hq, D]
+    k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
+    v_cache_ptr,
+    out_ptr,  # [T, Hq, D]
+    block_tables_ptr,  # [num_seqs, max_blocks] int32
+    seq_lens_ptr,  # [num_seqs] int32
+    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
+    sinks_ptr,  # [Hq] or unused
+    k_scale_ptr,  # [1] fp32 or unused
+    v_scale_ptr,
+    softmax_scale,
+    window,
+    num_seqs,
+    stride_q_tok,
+    stride_q_head,
+    stride_o_tok,
+    stride_o_head,
+    stride_k_block,
+    stride_k_tok,
+    stride_k_head,
+    stride_v_block,
+    stride_v_tok,
+    stride_v_head,
+    stride_bt_seq,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    HAS_K_SCALE: tl.constexpr,
+    HAS_V_SCALE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):
+    tile_id = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_id, BLOCK_Q)
+    q_start = tl.load(cu_seqlens_q_ptr + seq)
+    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    t0 = (tile_id - (q_start // BLOCK_Q + seq)) * BLOCK_Q  # first token of the tile, in the seq
+    if t0 >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_before = seq_len - q_len  # position of the sequence's first new token
+
+    rows = tl.arange(0, BLOCK_M)
+    tok = rows // GROUP
+    head = kv_head * GROUP + rows % GROUP
+    row_valid = (tok < BLOCK_Q) & (t0 + tok < q_len)
+    q_pos = context_before + t0 + tok
+    offs_d = tl.arange(0, D_PAD)
+    row_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q_rows = (q_start + t0 + tok).to(tl.int64)
+    q_ptrs = q_ptr + q_rows[:, None] * stride_q_tok + head[:, None] * stride_q_head
+    q = tl.load(q_ptrs + offs_d[None, :], mask=row_mask, other=0.0)
+
+    qk_scale = softmax_scale * LOG2E
+    if HAS_K_SCALE:
+        qk_scale = qk_scale * tl.load(k_scale_ptr).to(tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    if HAS_SINKS:
+        # The sink is a key with logit s_h and no value: start the running state at it.
+        m_i = tl.load(sinks_ptr + head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
+        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    else:
+        m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    p0 = context_before + t0
+    p1 = context_before + tl.minimum(t0 + BLOCK_Q, q_len) - 1
+    kv_hi = p1 + 1
+    diag = ((p0 + 1) // BLOCK_N) * BLOCK_N
+    k_head_ptr = k_cache_ptr + kv_head * stride_k_head
+    v_head_ptr = v_cache_ptr + kv_head * stride_v_head
+    bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
+
+    if USE_WINDOW:
+        kv_lo = tl.maximum(p0 - window + 1, 0)
+        lo_tile = (kv_lo // BLOCK_N) * BLOCK_N
+        all_rows_from = tl.cdiv(tl.maximum(p1 - window + 1, 0), BLOCK_N) * BLOCK_N
+        a_end = tl.minimum(tl.maximum(all_rows_from, lo_tile), diag)
+        for start in range(lo_tile, a_end, BLOCK_N):
+            acc, m_i, l_i = attend_kv_tile(
+                acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, start, kv_lo, kv_hi,
+                window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
+                offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, True, USE_WINDOW,
+                DOT_PRECISION, CPU_BF16,
+            )  # fmt: skip
+    else:
+        kv_lo = 0
+        a_end = 0
+    for start in range(a_end, diag, BLOCK_N):
+        acc, m_i, l_i = attend_kv_tile(
+            acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, start, kv_lo, kv_hi,
+            window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
+            offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, False, False, USE_WINDOW,
+            DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
+    for start in range(diag, kv_hi, BLOCK_N):
+        acc, m_i, l_i = attend_kv_tile(
+            acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, start, kv_lo, kv_hi,
+            window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
+            offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, True, USE_WINDOW,
+            DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
+
+    out = acc / l_i[:, None]
+    if HAS_V_SCALE:
+        out = out * tl.load(v_scale_ptr).to(tl.float32)
+    o_ptrs = out_ptr + q_rows[:, None] * stride_o_tok + head[:, None] * stride_o_head
+    tl.store(
+        o_ptrs + offs_d[None, :],
+        to_output_dtype(out, out_ptr.dtype.element_ty, CPU_BF16),
+        mask=row_mask,
+    )
+
+
+def unified_attention(
+    q: torch.Tensor,  # [T, Hq, D] fp16 / bf16 / fp32, last dim contiguous
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D] q's dtype or fp8 e4m3
+    value_cache: torch.Tensor,
+    out: torch.Tensor,  # [T, Hq, D] q's dtype; rows past cu_seqlens_q[-1] are not written
+    cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks] int32
+    max_seqlen_q: int,
+    scale: float,
+    sliding_window: int | None,
+    sinks: torch.Tensor | None,  # [Hq]
+    k_scale: torch.Tensor | None,  # [1] fp32
+    v_scale: torch.Tensor | None,
+    config: UnifiedConfig | None = None,
+) -> torch.Tensor:
+    """Launches the unified kernel. Inputs are assumed checked (paged_attention.check_inputs)."""
+    num_tokens, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = key_cache.shape
+    num_seqs = seq_lens.shape[0]
+    group = num_heads // num_kv_heads
+    d_pad = max(16, triton.next_power_of_2(head_dim))
+    cfg = config or default_unified_config(max_seqlen_q, group, d_pad)
+    if cfg.block_m < group or cfg.block_m & (cfg.block_m - 1) or cfg.block_m < 16:
+        raise ValueError(f"block_m={cfg.block_m} must be a power of two >= max(16, GROUP={group})")
+    block_q = cfg.block_m // group
+    if num_seqs == 0 or num_tokens == 0:
+        return out
+    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
+    dot_precision, cpu_bf16 = dot_settings(q)
+    dummy = seq_lens  # any device tensor, for pointer arguments that a constexpr flag disables
+    _unified_attention_kernel[grid](
+        q, key_cache, value_cache, out, block_tables, seq_lens, cu_seqlens_q,
+        dummy if sinks is None else sinks,
+        dummy if k_scale is None else k_scale,
+        dummy if v_scale is None else v_scale,
+        float(scale), int(sliding_window or 0), num_seqs,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_tables.stride(0),
+        GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, BLOCK_N=cfg.block_n,
+        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad,
+        USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
+        HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return out

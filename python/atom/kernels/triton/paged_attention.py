@@ -1,0 +1,200 @@
+"""The Triton backend of ``paged_attention``: input checks, then one of two kernels.
+
+Dispatch: a decode-only batch (``meta.max_seqlen_q == 1``) goes to the split-K decode kernel
+(attention_decode), which spreads long contexts over many programs. Any other batch (prefill,
+chunked prefill with a cached prefix, spec-decode chunks, prefill chunks mixed with decodes) goes
+to the unified kernel (attention_unified) in one launch; its decode rows share 16-row tiles with
+their GQA group, so mixing costs little. Both compute exactly the torch reference
+(atom.kernels.reference.attention.paged_attention).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from atom.forward_context import AttentionMetadata
+from atom.kernels.registry import register
+from atom.kernels.triton.attention_decode import (
+    DecodeConfig,
+    DecodeWorkspace,
+    decode_attention,
+    default_num_splits,
+)
+from atom.kernels.triton.attention_unified import UnifiedConfig, unified_attention
+
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+MAX_HEAD_DIM = 256
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the CPU interpreter: any small number
+
+
+def _check_tensor(name: str, t: torch.Tensor, dim: int, device: torch.device) -> None:
+    if t.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D, got shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, q on {device}")
+
+
+def check_inputs(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    sliding_window: int | None,
+    sinks: torch.Tensor | None,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """Raises ValueError naming the offending argument (DESIGN rule 7)."""
+    dev = q.device
+    _check_tensor("q", q, 3, dev)
+    _check_tensor("key_cache", key_cache, 4, dev)
+    _check_tensor("value_cache", value_cache, 4, dev)
+    _check_tensor("out", out, 3, dev)
+    if q.dtype not in INPUT_DTYPES:
+        raise ValueError(f"q dtype {q.dtype} is not one of {INPUT_DTYPES}")
+    if key_cache.shape != value_cache.shape:
+        raise ValueError(f"key_cache {tuple(key_cache.shape)} != value_cache {value_cache.shape}")
+    if key_cache.dtype != value_cache.dtype or key_cache.dtype not in (q.dtype, *FP8_DTYPES):
+        raise ValueError(
+            f"cache dtypes ({key_cache.dtype}, {value_cache.dtype}) must both be q's dtype "
+            f"{q.dtype} or an fp8 e4m3 type"
+        )
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = key_cache.shape[2]
+    if key_cache.shape[3] != head_dim:
+        raise ValueError(f"cache head_dim {key_cache.shape[3]} != q head_dim {head_dim}")
+    if not 16 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {head_dim} outside [16, {MAX_HEAD_DIM}]")
+    if num_kv_heads == 0 or num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    for name, t in (("q", q), ("key_cache", key_cache), ("value_cache", value_cache), ("out", out)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in head_dim, strides {t.stride()}")
+    if out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError(
+            f"out {tuple(out.shape)} {out.dtype} must match q {tuple(q.shape)} {q.dtype}"
+        )
+
+    num_seqs = seq_lens.shape[0] if seq_lens.dim() == 1 else -1
+    for name, t, shape in (
+        ("cu_seqlens_q", cu_seqlens_q, (num_seqs + 1,)),
+        ("seq_lens", seq_lens, (num_seqs,)),
+    ):
+        if t.dtype != torch.int32 or tuple(t.shape) != shape or t.device != dev:
+            raise ValueError(
+                f"{name} must be int32 {shape} on {dev}, got {t.dtype} {tuple(t.shape)}"
+            )
+    _check_tensor("block_tables", block_tables, 2, dev)
+    if block_tables.dtype != torch.int32 or block_tables.shape[0] != num_seqs:
+        raise ValueError(
+            f"block_tables must be int32 [num_seqs={num_seqs}, max_blocks], got "
+            f"{block_tables.dtype} {tuple(block_tables.shape)}"
+        )
+    if block_tables.shape[1] > 0 and block_tables.stride(1) != 1:
+        raise ValueError(f"block_tables rows must be contiguous, strides {block_tables.stride()}")
+
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    if sliding_window is not None and (int(sliding_window) != sliding_window or sliding_window < 1):
+        raise ValueError(f"sliding_window must be None or an integer >= 1, got {sliding_window}")
+    if sinks is not None:
+        _check_tensor("sinks", sinks, 1, dev)
+        if sinks.shape[0] != num_heads or not sinks.dtype.is_floating_point:
+            raise ValueError(f"sinks must be float [{num_heads}], got {sinks.dtype} {sinks.shape}")
+    for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if s is not None and (s.numel() != 1 or not s.dtype.is_floating_point or s.device != dev):
+            raise ValueError(f"{name} must be a one-element float tensor on {dev}, got {s}")
+
+
+@register("paged_attention", "triton", devices=("cuda",))
+def paged_attention(
+    q: torch.Tensor,  # [num_tokens, Hq, D] fp16 / bf16 / fp32
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D] q's dtype or fp8 e4m3 (x / k_scale)
+    value_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+    sinks: torch.Tensor | None = None,  # [Hq] logits
+    k_scale: torch.Tensor | None = None,  # one-element fp32 tensors (device values: no sync)
+    v_scale: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    unified_config: UnifiedConfig | None = None,
+    decode_config: DecodeConfig | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Returns out: [num_tokens, Hq, D] in q's dtype; padding rows are left as they were.
+
+    The trailing keyword arguments override the tuned defaults (benchmarks and tests use them).
+    """
+    if out is None:
+        out = torch.zeros_like(q)
+    check_inputs(
+        q, key_cache, value_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, scale,
+        sliding_window, sinks, k_scale, v_scale, out,
+    )  # fmt: skip
+    k_scale = None if k_scale is None else k_scale.reshape(1)
+    v_scale = None if v_scale is None else v_scale.reshape(1)
+    if meta.max_seqlen_q == 1:
+        visible = meta.max_seqlen_k
+        if sliding_window is not None:
+            visible = min(visible, sliding_window)
+        if num_splits is None:
+            num_splits = default_num_splits(
+                meta.num_seqs, key_cache.shape[2], visible, _num_sms(q.device)
+            )
+        return decode_attention(
+            q, key_cache, value_cache, out, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
+            scale, sliding_window, sinks, k_scale, v_scale, num_splits, config=decode_config,
+        )  # fmt: skip
+    return unified_attention(
+        q, key_cache, value_cache, out, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
+        meta.max_seqlen_q, scale, sliding_window, sinks, k_scale, v_scale, config=unified_config,
+    )  # fmt: skip
+
+
+def paged_decode_attention(
+    q: torch.Tensor,  # [num_tokens, Hq, D]; row cu_seqlens_q[b] is sequence b's new token
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    value_cache: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,  # [num_seqs + 1] int32, every q_len 0 or 1
+    seq_lens: torch.Tensor,  # [num_seqs] int32; 0 for padding sequences of a captured batch
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks] int32
+    scale: float,
+    out: torch.Tensor,  # [num_tokens, Hq, D], persistent under CUDA graphs
+    num_splits: int,  # fixed per captured graph (see default_num_splits)
+    workspace: DecodeWorkspace
+    | None = None,  # required (persistent) under CUDA graphs if splits > 1
+    sliding_window: int | None = None,
+    sinks: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    config: DecodeConfig | None = None,
+) -> torch.Tensor:
+    """The decode entry for CUDA graphs: the grid is (num_seqs, Hkv, num_splits) from shapes and
+    the fixed num_splits, no host reads of device data. See attention_decode for what must stay
+    persistent between capture and replay."""
+    check_inputs(
+        q, key_cache, value_cache, cu_seqlens_q, seq_lens, block_tables, scale,
+        sliding_window, sinks, k_scale, v_scale, out,
+    )  # fmt: skip
+    return decode_attention(
+        q, key_cache, value_cache, out, cu_seqlens_q, seq_lens, block_tables, scale,
+        sliding_window, sinks,
+        None if k_scale is None else k_scale.reshape(1),
+        None if v_scale is None else v_scale.reshape(1),
+        num_splits, workspace=workspace, config=config,
+    )  # fmt: skip

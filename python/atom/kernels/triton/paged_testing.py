@@ -1,0 +1,146 @@
+"""Random paged-attention batches, for the kernel tests and the attention benchmark.
+
+``make_paged_batch`` builds a flat token batch with a paged KV cache laid out as the engine does
+(atom.forward_context), scattered over a shuffled set of physical blocks, and poisons everything a
+correct kernel must not read (DESIGN rule 11): cache slots past each sequence's end and unused
+blocks hold NaN, unused block-table entries hold a huge block id, and padding query rows are NaN.
+``attention_at_precision`` is "torch at the kernel's precision", the yardstick of DESIGN rule 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from atom.forward_context import AttentionMetadata
+from atom.kernels.reference.attention import gather_kv
+
+HUGE_BLOCK_ID = 2**31 - 1
+
+
+@dataclass
+class PagedBatch:
+    q: torch.Tensor  # [num_tokens + padding, Hq, D]
+    key_cache: torch.Tensor  # [num_blocks, block_size, Hkv, D]
+    value_cache: torch.Tensor
+    meta: AttentionMetadata
+    k_scale: torch.Tensor | None  # [1] fp32 (fp8 caches)
+    v_scale: torch.Tensor | None
+    num_real_tokens: int
+
+
+def make_paged_batch(
+    query_lens: list[int],
+    seq_lens: list[int],
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype,
+    cache_dtype: torch.dtype | None = None,
+    num_padding_tokens: int = 0,
+    spare_blocks: int = 3,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> PagedBatch:
+    """Sequence b has seq_lens[b] tokens in the cache, the last query_lens[b] of them new."""
+    if len(query_lens) != len(seq_lens):
+        raise ValueError(f"{len(query_lens)} query lens for {len(seq_lens)} sequences")
+    for q_len, s_len in zip(query_lens, seq_lens):
+        if not 0 <= q_len <= s_len:
+            raise ValueError(f"query_len {q_len} must be in [0, seq_len={s_len}]")
+    cache_dtype = cache_dtype or dtype
+    gen = torch.Generator(device=device).manual_seed(seed)
+    blocks_per_seq = [(s + block_size - 1) // block_size for s in seq_lens]
+    num_blocks = sum(blocks_per_seq) + spare_blocks
+    physical = torch.randperm(num_blocks, generator=gen, device=device)
+    max_blocks = max(blocks_per_seq + [1]) + 2  # room for unused, poisoned entries
+    block_tables = torch.full(
+        (len(seq_lens), max_blocks), HUGE_BLOCK_ID, dtype=torch.int32, device=device
+    )
+
+    is_fp8 = cache_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_scale = v_scale = None
+    if is_fp8:  # per-tensor scales that use the fp8 range (randn stays within 6 sigma)
+        k_scale = torch.full((1,), 6.0 / torch.finfo(cache_dtype).max, device=device)
+        v_scale = torch.full((1,), 5.0 / torch.finfo(cache_dtype).max, device=device)
+    key_cache = torch.full(shape, float("nan"), dtype=cache_dtype, device=device)
+    value_cache = torch.full(shape, float("nan"), dtype=cache_dtype, device=device)
+    flat_k = key_cache.view(-1, num_kv_heads, head_dim)
+    flat_v = value_cache.view(-1, num_kv_heads, head_dim)
+
+    slot_mapping, used = [], 0
+    for b, (q_len, s_len) in enumerate(zip(query_lens, seq_lens)):
+        blocks = physical[used : used + blocks_per_seq[b]].to(torch.int32)
+        used += blocks_per_seq[b]
+        block_tables[b, : blocks.shape[0]] = blocks
+        pos = torch.arange(s_len, device=device)
+        slots = blocks[pos // block_size].long() * block_size + pos % block_size
+        for flat, scale_t in ((flat_k, k_scale), (flat_v, v_scale)):
+            x = torch.randn(s_len, num_kv_heads, head_dim, generator=gen, device=device)
+            if scale_t is not None:
+                x = (x / scale_t).clamp(-torch.finfo(cache_dtype).max, torch.finfo(cache_dtype).max)
+            flat[slots] = x.to(cache_dtype)
+        slot_mapping.append(slots[s_len - q_len :])
+
+    num_tokens = sum(query_lens)
+    q = torch.randn(
+        num_tokens + num_padding_tokens, num_heads, head_dim, generator=gen, device=device
+    ).to(dtype)
+    q[num_tokens:] = float("nan")
+    padding = torch.full((num_padding_tokens,), -1, dtype=torch.int64, device=device)
+    cu = [0]
+    for q_len in query_lens:
+        cu.append(cu[-1] + q_len)
+    meta = AttentionMetadata(
+        cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_tables=block_tables,
+        slot_mapping=torch.cat([*slot_mapping, padding]),
+        max_seqlen_q=max(query_lens, default=0),
+        max_seqlen_k=max(seq_lens, default=0),
+        seq_lens_cpu=list(seq_lens),
+        query_lens_cpu=list(query_lens),
+    )
+    return PagedBatch(q, key_cache, value_cache, meta, k_scale, v_scale, num_tokens)
+
+
+def attention_at_precision(
+    batch: PagedBatch,
+    scale: float,
+    dtype: torch.dtype,
+    sliding_window: int | None = None,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Plain torch attention as a ``dtype`` kernel would do it: K/V in ``dtype``, scores and softmax
+    in fp32, probabilities rounded to ``dtype`` before P @ V, output rounded to ``dtype``.
+    Returns [num_real_tokens, Hq, D] in ``dtype``."""
+    meta, q = batch.meta, batch.q
+    out = torch.empty(batch.num_real_tokens, *q.shape[1:], dtype=dtype, device=q.device)
+    cu = meta.cu_seqlens_q.tolist()
+    for b, seq_len in enumerate(meta.seq_lens.tolist()):
+        start, end = cu[b], cu[b + 1]
+        if end == start:
+            continue
+        table = meta.block_tables[b]
+        k = gather_kv(batch.key_cache, table, seq_len, batch.k_scale).to(dtype).float()
+        v = gather_kv(batch.value_cache, table, seq_len, batch.v_scale).to(dtype)
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        scores = torch.einsum("lhd,shd->hls", q[start:end].float(), k) * scale
+        q_pos = torch.arange(seq_len - (end - start), seq_len, device=q.device)[:, None]
+        k_pos = torch.arange(seq_len, device=q.device)[None, :]
+        allowed = k_pos <= q_pos
+        if sliding_window is not None:
+            allowed &= q_pos - k_pos < sliding_window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        if sinks is not None:
+            sink = sinks.float().view(-1, 1, 1).expand(-1, end - start, 1)
+            probs = torch.softmax(torch.cat([scores, sink], -1), -1)[..., :-1]
+        else:
+            probs = torch.softmax(scores, -1)
+        probs = probs.to(dtype).float()
+        out[start:end] = torch.einsum("hls,shd->lhd", probs, v.float()).to(dtype)
+    return out
