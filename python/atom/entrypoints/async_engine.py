@@ -78,6 +78,11 @@ class AsyncEngine:
         return self._thread.is_alive() and self._error is None
 
     @property
+    def last_stats(self) -> EngineStats:
+        """The statistics read after the latest step (no waiting on the engine thread)."""
+        return self._last_stats
+
+    @property
     def error(self) -> str | None:
         if self._error is not None:
             return f"{type(self._error).__name__}: {self._error}"

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -58,9 +60,25 @@ def sse_error(message: str, status: int) -> str:
     return f"data: {json.dumps(error_body(message, status))}\n\n"
 
 
-def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
+async def parse_body(request: Request, model: type[BaseModel]) -> Any:
+    """The request body as ``model``, whatever the Content-Type (curl -d sends form-encoded);
+    malformed JSON and invalid fields become a 400 naming the field and the value."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(f"malformed JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise APIError(f"the body must be a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = describe_validation_errors(exc.errors())
+        raise APIError(message, param=param) from None
+
+
+def describe_validation_errors(errors: list[dict]) -> tuple[str, str | None]:
     """One readable line naming the offending field and value, and that field as `param`."""
-    errors = exc.errors()
     if not errors:
         return "invalid request", None
     first = errors[0]
@@ -99,7 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
-        message, param = _describe_validation_error(exc)
+        message, param = describe_validation_errors(exc.errors())
         return error_response(message, HTTPStatus.BAD_REQUEST, param)
 
     @app.exception_handler(StarletteHTTPException)
