@@ -26,7 +26,7 @@ import re
 import torch
 from torch import nn
 
-from atom.kernels.reference.moe import ACTIVATIONS
+from atom.kernels.reference.moe import ACTIVATIONS, GPTOSS_ALPHA, GPTOSS_LIMIT
 
 # checkpoint name pattern -> (parameter, shard). Per-expert tensors carry the expert id in group 1.
 # "w1" gate [I, H], "w3" up [I, H], "w2" down [H, I] (nn.Linear orientation); "b1"/"b3"/"b2" their
@@ -67,6 +67,8 @@ class FusedMoE(nn.Module):
         activation: str = "silu",
         has_bias: bool = False,
         fused_layout: str = "concatenated",
+        swiglu_alpha: float = GPTOSS_ALPHA,
+        swiglu_limit: float = GPTOSS_LIMIT,
         reduce_results: bool = True,
         tp_rank: int = 0,
         tp_size: int = 1,
@@ -82,6 +84,12 @@ class FusedMoE(nn.Module):
             raise ValueError(f"unknown fused_layout {fused_layout!r}; known: {sorted(FUSED_NAMES)}")
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
+        if (swiglu_alpha, swiglu_limit) != (GPTOSS_ALPHA, GPTOSS_LIMIT):
+            # The kernels bake in GPT-OSS's constants (config.swiglu_alpha / swiglu_limit).
+            raise ValueError(
+                f"swiglu_alpha={swiglu_alpha}, swiglu_limit={swiglu_limit}: only GPT-OSS's "
+                f"{GPTOSS_ALPHA}, {GPTOSS_LIMIT} are supported"
+            )
         for name, rank, size, total in (
             ("tensor", tp_rank, tp_size, intermediate_size),
             ("expert", ep_rank, ep_size, num_experts),
