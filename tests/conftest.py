@@ -57,3 +57,12 @@ def make_tiny_llama(tmp_path_factory):
         return out
 
     return make
+
+
+@pytest.fixture
+def paged_runner():
+    """paged_runner(model, block_size=4, num_blocks=64, seed=0, device="cpu") -> a PagedRunner
+    (atom/models/testing.py): runs a model over a paged KV cache without the engine."""
+    from atom.models.testing import PagedRunner
+
+    return PagedRunner

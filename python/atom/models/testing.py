@@ -1,17 +1,21 @@
-"""A test-side stand-in for the engine's block manager and input preparation: it allocates a
+"""Running a model over a paged KV cache without the engine, for tests and checks of models.
+
+``PagedRunner`` stands in for the engine's block manager and input preparation: it allocates a
 paged KV cache with shuffled (non-trivial) block tables, builds AttentionMetadata for a flat batch
-of chunks, runs the model and returns each chunk's logits. Unwritten cache slots are NaN and
-unused block-table entries out of range, so a kernel that reads what it must not shows it."""
+of chunks (prefills, chunked prefills and decodes mixed), runs the model and returns each chunk's
+logits. Unwritten cache slots are NaN and unused block-table entries far out of range, so a kernel
+that reads what it must not shows it. The engine's own path is atom/engine/model_runner.py."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from atom.forward_context import AttentionMetadata
 
 
 class PagedRunner:
+    """PagedRunner(model, block_size, num_blocks, seed, device); ``step(chunks)`` runs one batch."""
+
     def __init__(
         self, model, block_size: int = 4, num_blocks: int = 64, seed: int = 0, device="cpu"
     ):
@@ -37,6 +41,8 @@ class PagedRunner:
             end = start + len(tokens)
             blocks = self.blocks.setdefault(seq, [])
             while len(blocks) * bs < end:
+                if not self.free_blocks:
+                    raise ValueError(f"all {self.num_blocks} KV blocks are in use")
                 blocks.append(self.free_blocks.pop())
             slots += [blocks[p // bs] * bs + p % bs for p in range(start, end)]
             ids += tokens
@@ -71,9 +77,3 @@ class PagedRunner:
             )
             logits = self.model.compute_logits(hidden[: cu[-1]])
         return list(logits.split(query_lens))
-
-
-@pytest.fixture
-def paged_runner():
-    """paged_runner(model, block_size=4, num_blocks=64, seed=0, device="cpu") -> PagedRunner."""
-    return PagedRunner
