@@ -57,8 +57,8 @@ def fused_moe_triton(
         return out
     cfg = config or pick_config(num_pairs, num_experts)
     kw = cfg.kernel_kwargs()
-    # The CPU interpreter's tl.dot mishandles bf16 operands; multiply in fp32 there (exact upcast).
-    upcast = hidden.device.type == "cpu"
+    # CPU tensors mean the Triton interpreter: turn on its workarounds (kernels.py).
+    interpreter = hidden.device.type == "cpu"
 
     ids = topk_ids.reshape(-1).contiguous()
     weights = topk_weights.reshape(-1).contiguous().float()
@@ -73,7 +73,8 @@ def fused_moe_triton(
         hidden.stride(0), w13.stride(0), w13.stride(1), w13.stride(2),
         b13.stride(0) if b13 is not None else 0, act.stride(0),
         num_m_blocks,
-        ACTIVATION=ACTIVATION_CODES[activation], HAS_BIAS=b13 is not None, UPCAST=upcast, **kw,
+        ACTIVATION=ACTIVATION_CODES[activation], HAS_BIAS=b13 is not None,
+        INTERPRETER=interpreter, **kw,
     )  # fmt: skip
 
     pair_out = torch.empty(num_pairs, hidden_size, dtype=hidden.dtype, device=hidden.device)
@@ -84,13 +85,13 @@ def fused_moe_triton(
         act.stride(0), w2.stride(0), w2.stride(1), w2.stride(2),
         b2.stride(0) if b2 is not None else 0, pair_out.stride(0),
         num_m_blocks,
-        HAS_BIAS=b2 is not None, UPCAST=upcast, **kw,
+        HAS_BIAS=b2 is not None, INTERPRETER=interpreter, **kw,
     )  # fmt: skip
 
     block_h = min(1024, triton.next_power_of_2(hidden_size))
     moe_sum_kernel[(num_tokens, triton.cdiv(hidden_size, block_h))](
         pair_out, ids, out, hidden_size, num_experts, pair_out.stride(0), out.stride(0),
-        TOP_K=top_k, BLOCK_H=block_h,
+        TOP_K=top_k, BLOCK_H=block_h, INTERPRETER=interpreter,
     )  # fmt: skip
     return out
 

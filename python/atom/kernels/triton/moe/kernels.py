@@ -35,6 +35,18 @@ def _tile_coords(num_m_blocks, num_n_blocks, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _cast_for_store(x, dtype: tl.constexpr, EMULATE: tl.constexpr):
+    """fp32 -> dtype with round-to-nearest-even. The CPU interpreter truncates fp32 -> bf16
+    (numpy has no bf16), doubling the rounding error; under EMULATE round the bits ourselves so
+    the interpreter computes what the GPU does."""
+    if EMULATE and dtype == tl.bfloat16:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # keep the top 16 bits, rounded
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def _activation(gate, up, ACTIVATION: tl.constexpr):
     if ACTIVATION == 0:  # silu(gate) * up
         return gate * tl.sigmoid(gate) * up
@@ -65,7 +77,9 @@ def moe_gate_up_kernel(
     num_m_blocks,
     ACTIVATION: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    UPCAST: tl.constexpr,  # multiply in fp32 (the CPU interpreter's dot mishandles bf16)
+    # CPU interpreter workarounds: its tl.dot mishandles bf16 operands (multiply in fp32 there,
+    # an exact upcast) and its bf16 cast truncates (see _cast_for_store).
+    INTERPRETER: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -95,7 +109,7 @@ def moe_gate_up_kernel(
         x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         wg = tl.load(wg_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         wu = tl.load(wu_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if UPCAST:
+        if INTERPRETER:
             x, wg, wu = x.to(tl.float32), wg.to(tl.float32), wu.to(tl.float32)
         acc_gate = tl.dot(x, wg, acc_gate, input_precision="ieee")
         acc_up = tl.dot(x, wu, acc_up, input_precision="ieee")
@@ -109,7 +123,11 @@ def moe_gate_up_kernel(
         acc_up += tl.load(b_ptrs + INTER, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     act = _activation(acc_gate, acc_up, ACTIVATION)
     out_ptrs = act_ptr + pairs.to(tl.int64)[:, None] * stride_at + offs_n[None, :]
-    tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+    tl.store(
+        out_ptrs,
+        _cast_for_store(act, act_ptr.dtype.element_ty, INTERPRETER),
+        mask=row_ok[:, None] & n_ok[None, :],
+    )
 
 
 @triton.jit
@@ -132,7 +150,7 @@ def moe_down_kernel(
     stride_ot,
     num_m_blocks,
     HAS_BIAS: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERPRETER: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -156,7 +174,7 @@ def moe_down_kernel(
         k_ok = offs_k < INTER - k0 * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if UPCAST:
+        if INTERPRETER:
             a, w = a.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision="ieee")
         a_ptrs += BLOCK_K
@@ -168,7 +186,11 @@ def moe_down_kernel(
     routing = tl.load(weights_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     acc = acc * routing[:, None]
     out_ptrs = out_ptr + rows[:, None] * stride_ot + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+    tl.store(
+        out_ptrs,
+        _cast_for_store(acc, out_ptr.dtype.element_ty, INTERPRETER),
+        mask=row_ok[:, None] & n_ok[None, :],
+    )
 
 
 @triton.jit
@@ -182,6 +204,7 @@ def moe_sum_kernel(
     stride_ot,
     TOP_K: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    INTERPRETER: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -192,4 +215,5 @@ def moe_sum_kernel(
         eid = tl.load(ids_ptr + pair)
         if (eid >= 0) & (eid < num_experts):
             acc += tl.load(pair_out_ptr + pair * stride_pt + offs_h, mask=h_ok).to(tl.float32)
-    tl.store(out_ptr + token * stride_ot + offs_h, acc.to(out_ptr.dtype.element_ty), mask=h_ok)
+    out = _cast_for_store(acc, out_ptr.dtype.element_ty, INTERPRETER)
+    tl.store(out_ptr + token * stride_ot + offs_h, out, mask=h_ok)
