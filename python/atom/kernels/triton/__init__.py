@@ -26,3 +26,5 @@ __all__ = [
     "paged_attention",
     "paged_decode_attention",
 ]
+
+from atom.kernels.triton import moe  # noqa: E402, F401  (registers fused_moe)
