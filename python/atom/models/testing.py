@@ -14,18 +14,26 @@ from atom.forward_context import AttentionMetadata
 
 
 class PagedRunner:
-    """PagedRunner(model, block_size, num_blocks, seed, device); ``step(chunks)`` runs one batch."""
+    """PagedRunner(model, block_size, num_blocks, seed, device, kv_dtype); ``step(chunks)`` runs
+    one batch."""
 
     def __init__(
-        self, model, block_size: int = 4, num_blocks: int = 64, seed: int = 0, device="cpu"
+        self,
+        model,
+        block_size: int = 4,
+        num_blocks: int = 64,
+        seed: int = 0,
+        device="cpu",
+        kv_dtype: torch.dtype | None = None,
     ):
         self.model, self.block_size, self.device = model, block_size, torch.device(device)
         self.num_blocks = num_blocks
         order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))
         self.free_blocks = order.tolist()
+        # The cache is in the model's dtype unless told otherwise.
+        dtype = kv_dtype or next((p.dtype for p in model.parameters()), torch.float32)
         for layer in model.attention_layers():
             shape = (num_blocks, block_size, layer.num_kv_heads, layer.head_dim)
-            dtype = next(model.parameters()).dtype
             k = torch.full(shape, float("nan"), dtype=dtype, device=self.device)
             layer.bind_kv_cache(k, torch.full_like(k, float("nan")))
         self.blocks: dict[int, list[int]] = {}
