@@ -187,7 +187,7 @@ def _unified_attention_kernel(
             DOT_PRECISION, CPU_BF16,
         )  # fmt: skip
 
-    out = acc / l_i[:, None]
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # padding rows of the tile have l = 0
     if HAS_V_SCALE:
         out = out * tl.load(v_scale_ptr).to(tl.float32)
     o_ptrs = out_ptr + q_rows[:, None] * stride_o_tok + head[:, None] * stride_o_head

@@ -1,0 +1,233 @@
+"""Triton paged attention (unified prefill/mixed kernel and split-K decode kernel) against the torch
+reference, on the CPU under TRITON_INTERPRET=1 (tiny shapes) and on a GPU (marked gpu).
+
+Tolerance (DESIGN rule 10): the kernel may be at most twice as far from the fp32 reference as
+plain torch attention at the kernel's precision (paged_testing.attention_at_precision), plus one
+ulp of the output (1e-5 relative for fp32). Poison (rule 11): unread cache slots are NaN, unused block-table entries are
+huge ids, padding query rows are NaN and padding output rows must keep their contents.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from atom.kernels import registry
+from atom.kernels.reference.attention import paged_attention as reference_attention
+from atom.kernels.triton import (
+    DecodeConfig,
+    DecodeWorkspace,
+    UnifiedConfig,
+    paged_attention,
+    paged_decode_attention,
+)
+from atom.kernels.triton.paged_testing import attention_at_precision, make_paged_batch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="Triton kernels need a GPU or TRITON_INTERPRET=1",
+)
+SENTINEL = 7.0
+
+
+def check_against_reference(batch, dtype, scale=0.3, window=None, sinks=None, **kernel_kwargs):
+    """Runs the Triton kernel on ``batch`` and asserts the rule-10 tolerance; returns the output."""
+    n = batch.num_real_tokens
+    out = torch.full_like(batch.q, SENTINEL)
+    scales = dict(k_scale=batch.k_scale, v_scale=batch.v_scale)
+    got = paged_attention(
+        batch.q, batch.key_cache, batch.value_cache, batch.meta, scale, window, sinks,
+        out=out, **scales, **kernel_kwargs,
+    )  # fmt: skip
+    assert got is out
+    ref = reference_attention(
+        batch.q.float(), batch.key_cache, batch.value_cache, batch.meta, scale, window, sinks,
+        **scales,
+    )[:n]  # fmt: skip
+    base = attention_at_precision(batch, scale, dtype, window, sinks)
+    kernel_err = (got[:n].float() - ref).abs().max().item() if n else 0.0
+    base_err = (base.float() - ref).abs().max().item() if n else 0.0
+    magnitude = max(1.0, ref.abs().max().item() if n else 1.0)
+    # One output ulp; for fp32, where "torch at the kernel's precision" is the reference itself,
+    # a floor for the different summation order (online softmax, exp2) instead.
+    ulp = magnitude * (1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps)
+    assert not got[:n].isnan().any(), "NaN in the output (a poisoned slot was read)"
+    assert kernel_err <= 2 * base_err + ulp, f"kernel err {kernel_err:.3g} vs torch {base_err:.3g}"
+    assert (got[n:] == SENTINEL).all(), "padding rows were written"
+    return got
+
+
+MIXED = ([1, 7, 13, 0], [1, 17, 83, 5])  # decode, chunk after a prefix, prefill+prefix, idle
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("block_size", [16, 8, 32])
+def test_mixed_batch(dtype, heads, block_size):
+    batch = make_paged_batch(*MIXED, *heads, 64, block_size, dtype, num_padding_tokens=3,
+                             device=DEVICE)  # fmt: skip
+    check_against_reference(batch, dtype)
+
+
+@pytest.mark.parametrize(
+    "query_lens, seq_lens",
+    [
+        ([83], [83]),  # fresh prompt
+        ([13, 7], [83, 40]),  # chunked prefill / prefix-cache hits
+        ([2, 3, 1], [2, 70, 33]),  # spec-decode-like chunks
+    ],
+)
+@pytest.mark.parametrize("block", [(16, 16, 4), (64, 32, 3)])  # BLOCK_M, BLOCK_N, stages
+def test_prefill_tiles(query_lens, seq_lens, block):
+    """Small tiles so the masked/unmasked phases and many query tiles are all exercised."""
+    batch = make_paged_batch(query_lens, seq_lens, 8, 2, 64, 16, torch.float16, device=DEVICE)
+    cfg = UnifiedConfig(block_m=block[0], block_n=block[1], num_warps=4, num_stages=block[2])
+    check_against_reference(batch, torch.float16, unified_config=cfg)
+
+
+@pytest.mark.parametrize("num_splits", [None, 1, 3, 8])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2)])
+def test_decode(num_splits, heads):
+    batch = make_paged_batch([1, 1, 1, 1], [1, 17, 83, 200], *heads, 64, 16, torch.bfloat16,
+                             num_padding_tokens=2, device=DEVICE)  # fmt: skip
+    check_against_reference(batch, torch.bfloat16, num_splits=num_splits,
+                            decode_config=DecodeConfig(block_n=16, num_warps=4, num_stages=2))  # fmt: skip
+
+
+@pytest.mark.parametrize("window", [1, 5, 20, 37])
+@pytest.mark.parametrize("decode", [False, True])
+def test_sliding_window(window, decode):
+    lens = ([1, 1, 1], [3, 40, 83]) if decode else ([1, 7, 13, 30], [1, 17, 83, 30])
+    batch = make_paged_batch(*lens, 8, 2, 64, 8, torch.float32, device=DEVICE)
+    kwargs = (
+        dict(num_splits=3, decode_config=DecodeConfig(16, 4, 2))
+        if decode
+        else dict(unified_config=UnifiedConfig(16, 16, 4, 2))
+    )
+    check_against_reference(batch, torch.float32, window=window, **kwargs)
+
+
+@pytest.mark.parametrize("window", [17, 18, 20])
+@pytest.mark.parametrize("lens", [([1, 1], [50, 83]), ([3, 9], [43, 83])])
+def test_sliding_window_never_reads_slid_out_blocks(window, lens):
+    """Blocks entirely behind every query's window may be freed by the engine: poison them in the
+    kernel's copy of the cache (and their table entries), and the output must not change. The
+    windows put some window starts exactly on a block boundary."""
+    block_size = 8
+    batch = make_paged_batch(*lens, 4, 2, 64, block_size, torch.float32, device=DEVICE)
+    clean = check_against_reference(batch, torch.float32, window=window)
+    for b, (q_len, s_len) in enumerate(zip(*lens)):
+        first_visible = max(0, s_len - q_len - window + 1)
+        for i in range(first_visible // block_size):
+            batch.key_cache[batch.meta.block_tables[b, i].long()] = float("nan")
+            batch.value_cache[batch.meta.block_tables[b, i].long()] = float("nan")
+            batch.meta.block_tables[b, i] = 2**31 - 1
+    poisoned = paged_attention(batch.q, batch.key_cache, batch.value_cache, batch.meta, 0.3,
+                               window)  # fmt: skip
+    n = batch.num_real_tokens
+    torch.testing.assert_close(poisoned[:n], clean[:n], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lens, num_splits", [(MIXED, None), (([1, 1, 1], [5, 40, 83]), 4),
+                                              (([1, 1], [5, 83]), 1)])  # fmt: skip
+def test_sinks(lens, num_splits):
+    batch = make_paged_batch(*lens, 8, 2, 64, 16, torch.bfloat16, device=DEVICE)
+    sinks = torch.randn(8, generator=torch.Generator().manual_seed(1)).mul(3).to(DEVICE)
+    kwargs = {} if num_splits is None else dict(num_splits=num_splits)
+    check_against_reference(batch, torch.bfloat16, sinks=sinks, window=30, **kwargs)
+
+
+@pytest.mark.parametrize("lens, num_splits", [(MIXED, None), (([1, 1, 1], [5, 40, 83]), 3)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp8_cache(lens, num_splits, dtype):
+    # Under the CPU interpreter the NaN poison of an fp8 cache reads back as 480 (it treats e4m3fn
+    # 0x7F as a number), which still breaks the result if read. GPUs read NaN.
+    batch = make_paged_batch(*lens, 8, 2, 64, 16, dtype, cache_dtype=torch.float8_e4m3fn,
+                             device=DEVICE)  # fmt: skip
+    kwargs = {} if num_splits is None else dict(num_splits=num_splits)
+    check_against_reference(batch, dtype, **kwargs)
+
+
+@pytest.mark.parametrize("head_dim", [128, 80])
+def test_other_head_dims(head_dim):
+    batch = make_paged_batch(*MIXED, 4, 2, head_dim, 16, torch.float16, device=DEVICE)
+    check_against_reference(batch, torch.float16, scale=head_dim**-0.5)
+    decode = make_paged_batch([1, 1], [9, 70], 4, 2, head_dim, 16, torch.float16, device=DEVICE)
+    check_against_reference(decode, torch.float16, num_splits=2)
+
+
+def test_decode_graph_entry_reuses_workspace():
+    """The CUDA-graph entry with a persistent workspace, as a captured batch of 4 uses it: a second
+    call with shorter sequences and two padding sequences (seq_len 0, junk tables) must not see
+    the first call's partials, and the padding rows come out as zeros."""
+    workspace = DecodeWorkspace(4, 8, 64, num_splits=4, device=DEVICE)
+    for seq_lens in ([90, 70, 40, 64], [3, 20]):
+        real = len(seq_lens)
+        batch = make_paged_batch([1] * real, seq_lens, 8, 2, 64, 16, torch.float32,
+                                 num_padding_tokens=4 - real, device=DEVICE)  # fmt: skip
+        m = batch.meta
+        seq_lens_padded = torch.zeros(4, dtype=torch.int32, device=DEVICE)
+        seq_lens_padded[:real] = m.seq_lens
+        tables = torch.full((4, m.block_tables.shape[1]), 2**31 - 1, dtype=torch.int32,
+                            device=DEVICE)  # fmt: skip
+        tables[:real] = m.block_tables
+        cu = torch.arange(5, dtype=torch.int32, device=DEVICE)
+        out = torch.full_like(batch.q, SENTINEL)
+        paged_decode_attention(batch.q, batch.key_cache, batch.value_cache, cu, seq_lens_padded,
+                               tables, 0.3, out, num_splits=4, workspace=workspace,
+                               config=DecodeConfig(16, 4, 2))  # fmt: skip
+        ref = reference_attention(batch.q, batch.key_cache, batch.value_cache, m, 0.3)
+        torch.testing.assert_close(out[:real], ref[:real], rtol=1e-5, atol=1e-5)
+        assert (out[real:] == 0).all(), "padding sequences (seq_len 0) must produce zeros"
+
+
+def test_input_checks():
+    batch = make_paged_batch([1, 3], [4, 9], 4, 2, 64, 16, torch.float16, device=DEVICE)
+    q, kc, vc, m = batch.q, batch.key_cache, batch.value_cache, batch.meta
+    with pytest.raises(ValueError, match="sliding_window"):
+        paged_attention(q, kc, vc, m, 0.3, sliding_window=0)
+    with pytest.raises(ValueError, match="q dtype"):
+        paged_attention(q.to(torch.float64), kc, vc, m, 0.3)
+    with pytest.raises(ValueError, match="cache dtypes"):
+        paged_attention(q, kc.float(), vc.float(), m, 0.3)
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        paged_attention(q[:, :3], kc, vc, m, 0.3)
+    with pytest.raises(ValueError, match="sinks"):
+        paged_attention(q, kc, vc, m, 0.3, sinks=torch.zeros(3, device=DEVICE))
+    with pytest.raises(ValueError, match="contiguous"):
+        paged_attention(q.transpose(1, 2).contiguous().transpose(1, 2), kc, vc, m, 0.3)
+    m.block_tables = m.block_tables.long()
+    with pytest.raises(ValueError, match="block_tables"):
+        paged_attention(q, kc, vc, m, 0.3)
+
+
+def test_registered_for_cuda_only():
+    assert registry.available("paged_attention")["triton"] == frozenset({"cuda"})
+    assert registry.get("paged_attention", "triton") is paged_attention
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seqs=st.lists(
+        st.tuples(st.integers(0, 9), st.integers(0, 60)), min_size=1, max_size=4
+    ),  # (query_len, context before it)
+    group=st.sampled_from([1, 2, 3, 4]),
+    block_size=st.sampled_from([8, 16, 32]),
+    window=st.one_of(st.none(), st.integers(1, 40)),
+    use_sinks=st.booleans(),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+)
+def test_property_matches_reference(seqs, group, block_size, window, use_sinks, dtype):
+    query_lens = [q for q, _ in seqs]
+    seq_lens = [q + c for q, c in seqs]
+    num_kv_heads = 2
+    batch = make_paged_batch(query_lens, seq_lens, num_kv_heads * group, num_kv_heads, 32,
+                             block_size, dtype, num_padding_tokens=1, device=DEVICE)  # fmt: skip
+    sinks = torch.linspace(-2, 2, num_kv_heads * group, device=DEVICE) if use_sinks else None
+    check_against_reference(batch, dtype, window=window, sinks=sinks,
+                            unified_config=UnifiedConfig(max(16, 4 * group), 16, 4, 2))  # fmt: skip
