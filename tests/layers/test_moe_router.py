@@ -157,6 +157,17 @@ def test_correction_bias_steers_choice_not_weights():
     torch.testing.assert_close(w, raw.gather(1, ids.long()))
 
 
+def test_grouped_router_gate_stays_fp32_under_model_cast():
+    router = MoeRouter(H, 8, 2, scoring="sigmoid_grouped", n_group=2, topk_group=1)
+    torch.nn.init.normal_(router.weight)
+    exact = router.weight.detach().clone()
+    router.to(torch.bfloat16)
+    assert router.weight.dtype == torch.float32 and torch.equal(router.weight, exact)
+    assert router.e_score_correction_bias.dtype == torch.float32
+    softmax_router = MoeRouter(H, 8, 2).to(torch.bfloat16)
+    assert softmax_router.weight.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("top_k", [1, 4])
 def test_gpt_oss_block(top_k):
     from transformers import GptOssConfig

@@ -26,6 +26,7 @@ import re
 import torch
 from torch import nn
 
+from atom import kernels
 from atom.kernels.reference.moe import ACTIVATIONS, GPTOSS_ALPHA, GPTOSS_LIMIT
 
 # checkpoint name pattern -> (parameter, shard). Per-expert tensors carry the expert id in group 1.
@@ -124,13 +125,11 @@ class FusedMoE(nn.Module):
         self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
     ) -> torch.Tensor:
         """hidden [T, H]; topk_weights [T, k] fp32; topk_ids [T, k] int32 (global expert ids)."""
-        from atom.kernels import fused_moe
-
         if self.ep_size > 1:  # global -> local expert ids; other ranks' experts become -1
             local = topk_ids - self.first_expert
             topk_ids = torch.where((local >= 0) & (local < self.local_experts), local, -1)
         b2 = self.b2 if self.tp_rank == 0 else None  # added once across tensor-parallel ranks
-        out = fused_moe(
+        out = kernels.fused_moe(
             hidden, self.w13, self.w2, topk_weights, topk_ids, self.activation, self.b13, b2
         )
         if self.reduce_results:

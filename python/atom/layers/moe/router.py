@@ -117,6 +117,18 @@ class MoeRouter(nn.Module):
         else:
             self.e_score_correction_bias = None
 
+    def _apply(self, fn, recurse=True):
+        """``model.to(bf16)`` must not round a fp32-kept gate: re-create such parameters from
+        their fp32 values on the new device (what transformers' _keep_in_fp32_modules does)."""
+        if not self.keep_fp32:
+            return super()._apply(fn, recurse)
+        fp32 = {name: p.data for name, p in self._parameters.items() if p is not None}
+        super()._apply(fn, recurse)
+        for name, p in self._parameters.items():
+            if p is not None and p.dtype != torch.float32:
+                p.data = fp32[name].to(device=p.device, dtype=torch.float32)
+        return self
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [T, H] -> [T, E] (fp32 for sigmoid_grouped, else hidden's dtype)."""
         if self.keep_fp32:
