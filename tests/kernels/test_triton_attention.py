@@ -1,10 +1,8 @@
 """Triton paged attention (unified prefill/mixed kernel and split-K decode kernel) against the torch
 reference, on the CPU under TRITON_INTERPRET=1 (tiny shapes) and on a GPU (marked gpu).
 
-Tolerance (DESIGN rule 10): the kernel may be at most twice as far from the fp32 reference as
-plain torch attention at the kernel's precision (paged_testing.attention_at_precision), plus one
-ulp of the output (1e-5 relative for fp32). Poison (rule 11): unread cache slots are NaN, unused block-table entries are
-huge ids, padding query rows are NaN and padding output rows must keep their contents.
+Tolerance (DESIGN rule 10) and poison (rule 11): see paged_testing.check_against_reference and
+make_paged_batch.
 """
 
 from __future__ import annotations
@@ -25,41 +23,13 @@ from atom.kernels.triton import (
     paged_attention,
     paged_decode_attention,
 )
-from atom.kernels.triton.paged_testing import attention_at_precision, make_paged_batch
+from atom.kernels.triton.paged_testing import SENTINEL, check_against_reference, make_paged_batch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
     DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
     reason="Triton kernels need a GPU or TRITON_INTERPRET=1",
 )
-SENTINEL = 7.0
-
-
-def check_against_reference(batch, dtype, scale=0.3, window=None, sinks=None, **kernel_kwargs):
-    """Runs the Triton kernel on ``batch`` and asserts the rule-10 tolerance; returns the output."""
-    n = batch.num_real_tokens
-    out = torch.full_like(batch.q, SENTINEL)
-    scales = dict(k_scale=batch.k_scale, v_scale=batch.v_scale)
-    got = paged_attention(
-        batch.q, batch.key_cache, batch.value_cache, batch.meta, scale, window, sinks,
-        out=out, **scales, **kernel_kwargs,
-    )  # fmt: skip
-    assert got is out
-    ref = reference_attention(
-        batch.q.float(), batch.key_cache, batch.value_cache, batch.meta, scale, window, sinks,
-        **scales,
-    )[:n]  # fmt: skip
-    base = attention_at_precision(batch, scale, dtype, window, sinks)
-    kernel_err = (got[:n].float() - ref).abs().max().item() if n else 0.0
-    base_err = (base.float() - ref).abs().max().item() if n else 0.0
-    magnitude = max(1.0, ref.abs().max().item() if n else 1.0)
-    # One output ulp; for fp32, where "torch at the kernel's precision" is the reference itself,
-    # a floor for the different summation order (online softmax, exp2) instead.
-    ulp = magnitude * (1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps)
-    assert not got[:n].isnan().any(), "NaN in the output (a poisoned slot was read)"
-    assert kernel_err <= 2 * base_err + ulp, f"kernel err {kernel_err:.3g} vs torch {base_err:.3g}"
-    assert (got[n:] == SENTINEL).all(), "padding rows were written"
-    return got
 
 
 MIXED = ([1, 7, 13, 0], [1, 17, 83, 5])  # decode, chunk after a prefix, prefill+prefix, idle

@@ -4,7 +4,8 @@
 (atom.forward_context), scattered over a shuffled set of physical blocks, and poisons everything a
 correct kernel must not read (DESIGN rule 11): cache slots past each sequence's end and unused
 blocks hold NaN, unused block-table entries hold a huge block id, and padding query rows are NaN.
-``attention_at_precision`` is "torch at the kernel's precision", the yardstick of DESIGN rule 10.
+``attention_at_precision`` is "torch at the kernel's precision", the yardstick of DESIGN rule 10,
+and ``check_against_reference`` applies that rule to the Triton kernel.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import torch
 
 from atom.forward_context import AttentionMetadata
 from atom.kernels.reference.attention import gather_kv
+from atom.kernels.reference.attention import paged_attention as reference_attention
+from atom.kernels.triton.paged_attention import paged_attention
 
 HUGE_BLOCK_ID = 2**31 - 1
+SENTINEL = 7.0  # pre-filled into padding output rows, which must keep it
 
 
 @dataclass
@@ -144,3 +148,33 @@ def attention_at_precision(
         probs = probs.to(dtype).float()
         out[start:end] = torch.einsum("hls,shd->lhd", probs, v.float()).to(dtype)
     return out
+
+
+def check_against_reference(batch, dtype, scale=0.3, window=None, sinks=None, **kernel_kwargs):
+    """Runs the Triton kernel on ``batch`` and asserts DESIGN rule 10: it may be at most twice as
+    far (max abs) from the fp32 reference as ``attention_at_precision`` is, plus one output ulp
+    (for fp32, where that yardstick is the reference itself, 1e-5 relative). Also: no NaN from
+    poisoned slots, and padding output rows untouched. Returns the kernel's output."""
+    n = batch.num_real_tokens
+    out = torch.full_like(batch.q, SENTINEL)
+    scales = dict(k_scale=batch.k_scale, v_scale=batch.v_scale)
+    got = paged_attention(
+        batch.q, batch.key_cache, batch.value_cache, batch.meta, scale, window, sinks,
+        out=out, **scales, **kernel_kwargs,
+    )  # fmt: skip
+    assert got is out
+    ref = reference_attention(
+        batch.q.float(), batch.key_cache, batch.value_cache, batch.meta, scale, window, sinks,
+        **scales,
+    )[:n]  # fmt: skip
+    base = attention_at_precision(batch, scale, dtype, window, sinks)
+    kernel_err = (got[:n].float() - ref).abs().max().item() if n else 0.0
+    base_err = (base.float() - ref).abs().max().item() if n else 0.0
+    magnitude = max(1.0, ref.abs().max().item() if n else 1.0)
+    # One output ulp; for fp32, where "torch at the kernel's precision" is the reference itself,
+    # a floor for the different summation order (online softmax, exp2) instead.
+    ulp = magnitude * (1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps)
+    assert not got[:n].isnan().any(), "NaN in the output (a poisoned slot was read)"
+    assert kernel_err <= 2 * base_err + ulp, f"kernel err {kernel_err:.3g} vs torch {base_err:.3g}"
+    assert (got[n:] == SENTINEL).all(), "padding rows were written"
+    return got
