@@ -126,3 +126,18 @@ def test_loader_rejects_bad_input():
         FusedMoE(E, K, H, INTER, activation="gelu")
     with pytest.raises(ValueError, match="swiglu_limit"):
         FusedMoE(E, K, H, INTER, activation="gptoss_swiglu", swiglu_limit=10.0)
+
+
+def test_missing_checkpoint_parts():
+    ckpt = _checkpoint(6, bias=True)
+    del ckpt["3.up_proj.weight"], ckpt["6.down_proj.bias"]
+    moe = _loaded(ckpt, bias=True)
+    assert moe.missing_checkpoint_parts() == ["expert 3 up (w3)", "expert 6 down bias (b2)"]
+    moe.load_checkpoint_tensor("down_proj", torch.zeros(E, H, INTER))  # whole-layer tensor
+    moe.load_checkpoint_tensor("3.up_proj.weight", torch.zeros(INTER, H))
+    assert moe.missing_checkpoint_parts() == ["expert 6 down bias (b2)"]
+    # An expert-parallel rank only waits for its own experts.
+    part = _loaded(
+        {n: t for n, t in ckpt.items() if int(n.split(".")[0]) >= 4}, True, ep_rank=1, ep_size=2
+    )
+    assert part.missing_checkpoint_parts() == ["expert 6 down bias (b2)"]

@@ -114,6 +114,7 @@ class FusedMoE(nn.Module):
         self.w2 = self._param(e, h, i)
         self.b13 = self._param(e, 2 * i) if has_bias else None
         self.b2 = self._param(e, h) if has_bias else None
+        self._loaded_parts: set[tuple[int, str]] = set()  # (local expert, "w1" | "w3" | ...)
 
     def _param(self, *shape: int) -> nn.Parameter:
         p = nn.Parameter(torch.empty(*shape), requires_grad=False)
@@ -179,32 +180,36 @@ class FusedMoE(nn.Module):
         local = expert_id - self.first_expert
         if not 0 <= local < self.local_experts:
             return  # another expert-parallel rank's expert
-        self._load_shard(param.data[local], loaded, shard_id)
+        self._load_shard(param, local, loaded, shard_id)
 
     def _load_expert_all(self, param, loaded: torch.Tensor, shard_id: str, expert: int) -> None:
-        dst = param.data[expert - self.first_expert]
-        i = self.intermediate_size
-        src = loaded[expert]
+        if loaded.shape[0] != self.num_experts:
+            raise ValueError(
+                f"{shard_id} tensor has {loaded.shape[0]} experts, expected {self.num_experts}"
+            )
+        local, src, i = expert - self.first_expert, loaded[expert], self.intermediate_size
         if shard_id == "w13_all":  # [2I, H] = [gate | up]
-            self._load_shard(dst, src[:i], "w1")
-            self._load_shard(dst, src[i:], "w3")
+            self._load_shard(param, local, src[:i], "w1")
+            self._load_shard(param, local, src[i:], "w3")
         elif shard_id == "w2_all":
-            self._load_shard(dst, src, "w2")
+            self._load_shard(param, local, src, "w2")
         elif shard_id == "gptoss_w13_all":  # [H, 2I], gate/up interleaved columns
-            self._load_shard(dst, src[:, 0::2].T, "w1")
-            self._load_shard(dst, src[:, 1::2].T, "w3")
+            self._load_shard(param, local, src[:, 0::2].T, "w1")
+            self._load_shard(param, local, src[:, 1::2].T, "w3")
         elif shard_id == "gptoss_b13_all":  # [2I] interleaved
-            self._load_shard(dst, src[0::2], "b1")
-            self._load_shard(dst, src[1::2], "b3")
+            self._load_shard(param, local, src[0::2], "b1")
+            self._load_shard(param, local, src[1::2], "b3")
         elif shard_id == "gptoss_w2_all":  # [I, H]
-            self._load_shard(dst, src.T, "w2")
+            self._load_shard(param, local, src.T, "w2")
         elif shard_id == "b2_all":
-            self._load_shard(dst, src, "b2")
+            self._load_shard(param, local, src, "b2")
         else:
             raise ValueError(f"unknown whole-layer shard {shard_id!r}")
 
-    def _load_shard(self, dst: torch.Tensor, src: torch.Tensor, shard_id: str) -> None:
-        """dst: one expert's slice of a parameter; src: that expert's full checkpoint tensor."""
+    def _load_shard(self, param, local: int, src: torch.Tensor, shard_id: str) -> None:
+        """Copies this rank's part of one expert's full checkpoint tensor ``src`` into
+        ``param[local]``."""
+        dst = param.data[local]
         i, il, r = self.intermediate_size, self.inter_local, self.tp_rank
         if shard_id in ("w1", "w3", "b1", "b3"):
             expected = (i, self.hidden_size) if shard_id[0] == "w" else (i,)
@@ -223,6 +228,20 @@ class FusedMoE(nn.Module):
         if piece is None:
             raise ValueError(f"{shard_id} tensor of shape {tuple(src.shape)}, expected {expected}")
         target.copy_(piece)
+        self._loaded_parts.add((local, shard_id))
+
+    def missing_checkpoint_parts(self) -> list[str]:
+        """What no checkpoint tensor has filled yet, e.g. ["expert 3 up (w3)"]; the model
+        loader's completeness check asks this instead of looking at w13/w2 by name."""
+        parts = ["w1", "w3", "w2"] + (["b1", "b3", "b2"] if self.b13 is not None else [])
+        names = {"w1": "gate", "w3": "up", "w2": "down", "b1": "gate bias", "b3": "up bias"}
+        names["b2"] = "down bias"
+        return [
+            f"expert {self.first_expert + e} {names[p]} ({p})"
+            for e in range(self.local_experts)
+            for p in parts
+            if (e, p) not in self._loaded_parts
+        ]
 
     def extra_repr(self) -> str:
         return (
