@@ -1,0 +1,269 @@
+"""Paged-attention microbenchmark: the Triton kernels vs the memory bound and vs torch SDPA.
+
+1. decode: batch 64, context 4096, Hq 32, Hkv 8, head dim 128, bf16, cache block 16. Reported in
+   GB/s of the KV read (batch * context * Hkv * D * 2 B * 2 for K and V) and as a fraction of the
+   device copy bandwidth (torch copy of 1 GiB: (read + write) / time). Target >= 80%. Sweeps the
+   DECODE_CANDIDATES at the default number of splits, then the split counts at the best config;
+   also the fp8 cache (half the bytes) and a few other batch sizes at the defaults.
+2. prefill: 4096 new tokens, causal, Hq 32, Hkv 8, head dim 128, bf16, read from the paged cache,
+   in TFLOP/s (2 * T^2 * D * Hq for the causal half) against torch.nn.functional.
+   scaled_dot_product_attention on the same K/V as dense tensors (the faster of: K/V expanded to
+   Hq heads, enable_gqa). Target >= 0.8x. Sweeps PREFILL_CANDIDATES; also a chunked-prefill row
+   (1024 new tokens after 3072 cached).
+Each timed kernel's output is checked against the reference (decode) or SDPA (prefill).
+Prints a table (which config wins); writes JSON to benchmarks/results/ and to $OUT when set.
+
+    python tools/bench_attention.py          # on a GPU: about 1-2 minutes, compiles included
+    TRITON_INTERPRET=1 python tools/bench_attention.py --smoke   # tiny shapes: a script check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from atom.kernels.reference.attention import gather_kv  # noqa: E402
+from atom.kernels.reference.attention import paged_attention as reference_attention  # noqa: E402
+from atom.kernels.triton import DecodeConfig, UnifiedConfig, paged_attention  # noqa: E402
+from atom.kernels.triton.attention_decode import default_decode_config  # noqa: E402
+from atom.kernels.triton.paged_attention import _num_sms  # noqa: E402
+from atom.kernels.triton.paged_testing import make_paged_batch  # noqa: E402
+
+DECODE_CANDIDATES = [
+    DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 2), DecodeConfig(64, 4, 4), DecodeConfig(32, 4, 4),
+    DecodeConfig(128, 4, 3), DecodeConfig(128, 8, 3), DecodeConfig(64, 8, 3), DecodeConfig(128, 8, 2),
+]  # fmt: skip
+PREFILL_CANDIDATES = [
+    UnifiedConfig(128, 64, 8, 3), UnifiedConfig(128, 64, 4, 3), UnifiedConfig(128, 128, 8, 3),
+    UnifiedConfig(128, 32, 4, 4), UnifiedConfig(64, 64, 4, 3), UnifiedConfig(128, 64, 8, 2),
+    UnifiedConfig(128, 128, 8, 2), UnifiedConfig(64, 32, 4, 4),
+]  # fmt: skip
+FULL = dict(batch=64, context=4096, prefill=4096, heads=32, kv_heads=8, head_dim=128, block=16)
+SMOKE = dict(batch=3, context=40, prefill=48, heads=4, kv_heads=2, head_dim=32, block=16)
+
+
+def time_ms(fn, device: str) -> float:
+    """Median milliseconds of fn (triton's do_bench flushes L2 between runs on the GPU)."""
+    if device == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+    fn()
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return sorted(samples)[1]
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int) -> float:
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / (time_ms(lambda: dst.copy_(src), device) * 1e-3) / 1e9
+
+
+def decode_name(c: DecodeConfig) -> str:
+    return f"n{c.block_n}w{c.num_warps}s{c.num_stages}"
+
+
+def prefill_name(c: UnifiedConfig) -> str:
+    return f"m{c.block_m}n{c.block_n}w{c.num_warps}s{c.num_stages}"
+
+
+def run_timed(label, fn, check, device):
+    """(ms, max abs error) of one kernel configuration, or None when it fails to compile/run."""
+    try:
+        err = check(fn())
+        return time_ms(fn, device), err
+    except Exception as exc:  # e.g. a config that does not fit this GPU's shared memory
+        print(f"{label}: failed: {type(exc).__name__}: {exc}"[:300])
+        return None
+
+
+def bench_decode(shape, device, copy_bw, cache_dtype=None, batch=None, sweep=True) -> dict:
+    batch = batch or shape["batch"]
+    h, hkv, d, ctx = shape["heads"], shape["kv_heads"], shape["head_dim"], shape["context"]
+    b = make_paged_batch([1] * batch, [ctx] * batch, h, hkv, d, shape["block"], torch.bfloat16,
+                         cache_dtype=cache_dtype, spare_blocks=0, device=device)  # fmt: skip
+    scale = d**-0.5
+    kv_bytes = 2 * batch * ctx * hkv * d * b.key_cache.element_size()
+    ref = reference_attention(b.q, b.key_cache, b.value_cache, b.meta, scale,
+                              k_scale=b.k_scale, v_scale=b.v_scale).float()  # fmt: skip
+
+    def call(cfg, splits):
+        return lambda: paged_attention(b.q, b.key_cache, b.value_cache, b.meta, scale,
+                                       k_scale=b.k_scale, v_scale=b.v_scale, decode_config=cfg,
+                                       num_splits=splits)  # fmt: skip
+
+    def check(out):
+        return (out.float() - ref).abs().max().item()
+
+    default_cfg = default_decode_config(d)
+    runs = {}
+    for cfg in DECODE_CANDIDATES if sweep else [default_cfg]:
+        r = run_timed(decode_name(cfg), call(cfg, None), check, device)
+        if r:
+            runs[f"{decode_name(cfg)}/splits=default"] = (cfg, None, *r)
+    if not runs:
+        sys.exit("every decode config failed")
+    best_cfg = min(runs.values(), key=lambda r: r[2])[0]
+    for splits in [1, 2, 4, 8] if sweep else []:
+        r = run_timed(f"splits={splits}", call(best_cfg, splits), check, device)
+        if r:
+            runs[f"{decode_name(best_cfg)}/splits={splits}"] = (best_cfg, splits, *r)
+    best = min(runs, key=lambda k: runs[k][2])
+    default = f"{decode_name(default_cfg)}/splits=default"
+    per = {k: {"ms": v[2], "GBps": kv_bytes / (v[2] * 1e-3) / 1e9, "max_abs_err": v[3]}
+           for k, v in runs.items()}  # fmt: skip
+    return {
+        "batch": batch, "context": ctx, "heads": h, "kv_heads": hkv, "head_dim": d,
+        "cache_dtype": str(b.key_cache.dtype), "kv_bytes": kv_bytes, "best": best,
+        "best_GBps": per[best]["GBps"], "fraction_of_copy": per[best]["GBps"] / copy_bw,
+        "default": default, "default_GBps": per.get(default, {}).get("GBps", float("nan")),
+        "per_config": per,
+    }  # fmt: skip
+
+
+def bench_prefill(shape, device, new_tokens, prefix, sweep=True) -> dict:
+    h, hkv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
+    total = new_tokens + prefix
+    b = make_paged_batch([new_tokens], [total], h, hkv, d, shape["block"], torch.bfloat16,
+                         spare_blocks=0, device=device)  # fmt: skip
+    scale = d**-0.5
+    # SDPA on the same K/V as dense [1, heads, S, D] tensors; its causal mask is top-left
+    # aligned, so with a prefix use an explicit bottom-right boolean mask.
+    k = gather_kv(b.key_cache, b.meta.block_tables[0], total, None).to(torch.bfloat16)
+    v = gather_kv(b.value_cache, b.meta.block_tables[0], total, None).to(torch.bfloat16)
+    q4 = b.q.transpose(0, 1).unsqueeze(0)
+    k4, v4 = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
+    k4x = k4.repeat_interleave(h // hkv, 1).contiguous()
+    v4x = v4.repeat_interleave(h // hkv, 1).contiguous()
+    mask = None
+    if prefix:
+        pos_q = torch.arange(prefix, total, device=device)[:, None]
+        mask = torch.arange(total, device=device)[None, :] <= pos_q
+    sdpa_kw = dict(attn_mask=mask, is_causal=mask is None, scale=scale)
+    sdpa_runs = {
+        "expanded": lambda: F.scaled_dot_product_attention(q4, k4x, v4x, **sdpa_kw),
+        "enable_gqa": lambda: F.scaled_dot_product_attention(q4, k4, v4, enable_gqa=True, **sdpa_kw),
+    }  # fmt: skip
+    expected = sdpa_runs["expanded"]()[0].transpose(0, 1).float()
+    sdpa_ms = {}
+    for name, fn in sdpa_runs.items():
+        r = run_timed(f"sdpa {name}", fn, lambda out: 0.0, device)
+        if r:
+            sdpa_ms[name] = r[0]
+    sdpa_best = min(sdpa_ms, key=sdpa_ms.get)
+
+    def call(cfg):
+        return lambda: paged_attention(b.q, b.key_cache, b.value_cache, b.meta, scale,
+                                       unified_config=cfg)  # fmt: skip
+
+    def check(out):
+        return (out.float() - expected).abs().max().item()
+
+    runs = {}
+    for cfg in PREFILL_CANDIDATES if sweep else [None]:
+        r = run_timed(prefill_name(cfg) if cfg else "default", call(cfg), check, device)
+        if r:
+            runs[prefill_name(cfg) if cfg else "default"] = r
+    if not runs:
+        sys.exit("every prefill config failed")
+    flops = 4 * new_tokens * (prefix + (new_tokens + 1) / 2) * d * h  # visible (q, k) pairs
+    best = min(runs, key=lambda k: runs[k][0])
+    return {
+        "new_tokens": new_tokens, "prefix": prefix, "heads": h, "kv_heads": hkv, "head_dim": d,
+        "sdpa_ms": sdpa_ms, "sdpa_variant": sdpa_best,
+        "sdpa_tflops": flops / (sdpa_ms[sdpa_best] * 1e-3) / 1e12,
+        "best": best, "best_ms": runs[best][0],
+        "best_tflops": flops / (runs[best][0] * 1e-3) / 1e12,
+        "ratio_vs_sdpa": sdpa_ms[sdpa_best] / runs[best][0],
+        "per_config": {k: {"ms": ms, "tflops": flops / (ms * 1e-3) / 1e12, "max_abs_err": e}
+                       for k, (ms, e) in runs.items()},
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU interpreter check)")
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (not in --smoke)")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.smoke:
+        sys.exit("no GPU: run with --smoke under TRITON_INTERPRET=1 to check the script")
+    shape = SMOKE if args.smoke else FULL
+    sweep = not args.smoke
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)"
+    copy_bw = copy_bandwidth_gbps(device, (1 << 30) if device == "cuda" else (1 << 22))
+    print(f"{device_name}: {_num_sms(torch.device(device))} SMs, copy bandwidth {copy_bw:.0f} GB/s")
+
+    fp8 = torch.float8_e4m3fnuz if getattr(torch.version, "hip", None) else torch.float8_e4m3fn
+    decode = bench_decode(shape, device, copy_bw, sweep=sweep)
+    decode_fp8 = bench_decode(shape, device, copy_bw, cache_dtype=fp8, sweep=False)
+    other_batches = [bench_decode(shape, device, copy_bw, batch=n, sweep=False)
+                     for n in ([1, 8, 256] if sweep else [1])]  # fmt: skip
+    prefill = bench_prefill(shape, device, shape["prefill"], 0, sweep=sweep)
+    chunked = bench_prefill(shape, device, shape["prefill"] // 4, 3 * shape["prefill"] // 4,
+                            sweep=False)  # fmt: skip
+
+    print("\ndecode (GB/s of the KV read; copy bandwidth", f"{copy_bw:.0f} GB/s)")
+    print(f"{'config':<26} {'ms':>8} {'GB/s':>8} {'of copy':>8} {'max err':>9}")
+    for name, r in decode["per_config"].items():
+        print(f"{name:<26} {r['ms']:>8.3f} {r['GBps']:>8.0f} {r['GBps'] / copy_bw:>8.0%} "
+              f"{r['max_abs_err']:>9.2g}")  # fmt: skip
+    for row in [decode, decode_fp8, *other_batches]:
+        print(f"batch {row['batch']:>3} ctx {row['context']} {row['cache_dtype']:<20} best "
+              f"{row['best']}: {row['best_GBps']:.0f} GB/s = {row['fraction_of_copy']:.0%} of copy")  # fmt: skip
+    print("\nprefill (TFLOP/s over visible pairs)")
+    print(f"{'config':<16} {'ms':>8} {'TFLOP/s':>8} {'x SDPA':>7} {'max err':>9}")
+    for name, r in prefill["per_config"].items():
+        print(f"{name:<16} {r['ms']:>8.3f} {r['tflops']:>8.1f} "
+              f"{prefill['sdpa_ms'][prefill['sdpa_variant']] / r['ms']:>7.2f} {r['max_abs_err']:>9.2g}")  # fmt: skip
+    for row in [prefill, chunked]:
+        print(f"{row['new_tokens']} new + {row['prefix']} cached: SDPA ({row['sdpa_variant']}) "
+              f"{row['sdpa_tflops']:.0f} TFLOP/s, triton {row['best']} {row['best_tflops']:.0f} "
+              f"TFLOP/s = {row['ratio_vs_sdpa']:.2f}x SDPA")  # fmt: skip
+    print(f"\nWINNERS: decode {decode['best']} ({decode['fraction_of_copy']:.0%} of copy; target "
+          f">= 80%), prefill {prefill['best']} ({prefill['ratio_vs_sdpa']:.2f}x SDPA; target >= 0.8x)")  # fmt: skip
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    result = {
+        "benchmark": "paged_attention",
+        "device": device_name,
+        "date": now.isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "copy_bandwidth_GBps": copy_bw,
+        "shape": shape,
+        "decode_candidates": [asdict(c) for c in DECODE_CANDIDATES],
+        "prefill_candidates": [asdict(c) for c in PREFILL_CANDIDATES],
+        "decode": decode,
+        "decode_fp8": decode_fp8,
+        "decode_other_batches": other_batches,
+        "prefill": prefill,
+        "chunked_prefill": chunked,
+    }
+    slug = "".join(ch if ch.isalnum() else "_" for ch in device_name.lower()).strip("_")
+    name = f"attention_{slug}_{now.strftime('%Y%m%dT%H%M%S')}.json"
+    out_dir = args.out_dir or (None if args.smoke else "benchmarks/results")
+    for folder in [out_dir, os.environ.get("OUT")]:
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / name).write_text(json.dumps(result, indent=1))
+            print(f"wrote {Path(folder) / name}")
+
+
+if __name__ == "__main__":
+    main()
