@@ -3,6 +3,8 @@ Hugging Face greedy references."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -34,15 +36,15 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
     """Hugging Face's greedy continuation of one unpadded prompt, never stopping early (generate()
     would fall back to the checkpoint's eos): argmax of the last logits, one token at a time
     through HF's own KV cache."""
+    # transformers >= 5.2x calls the KV cache ``cache``; older releases ``past_key_values``.
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     tokens = []
     with torch.no_grad():
         out = model(torch.tensor([prompt]), use_cache=True)
         for _ in range(max_new_tokens):
             token = int(out.logits[0, -1].argmax())
             tokens.append(token)
-            out = model(
-                torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True
-            )
+            out = model(torch.tensor([[token]]), use_cache=True, **{name: getattr(out, name)})
     return tokens
 
 
