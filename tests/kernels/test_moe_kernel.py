@@ -157,7 +157,7 @@ def test_align_invariants(device):
 @given(
     t=st.integers(1, 40),
     e=st.sampled_from([4, 8, 13]),
-    k=st.integers(1, 4),
+    k=st.integers(1, 8),
     h=st.sampled_from([16, 33, 48, 80]),
     inter=st.sampled_from([16, 24, 80]),
     dtype=st.sampled_from(DTYPES),
