@@ -32,6 +32,7 @@ class Server:
     profile_dir: Path
     log_path: Path
     process: subprocess.Popen
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
     @property
     def headers(self) -> dict[str, str]:

@@ -77,6 +77,10 @@ async def parse_body(request: Request, model: type[BaseModel]) -> Any:
         raise APIError(message, param=param) from None
 
 
+# Names pydantic puts into an error's location for the member of a union that failed.
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "TextContentPart"}
+
+
 def describe_validation_errors(errors: list[dict]) -> tuple[str, str | None]:
     """One readable line naming the offending field and value, and that field as `param`."""
     if not errors:
@@ -86,7 +90,9 @@ def describe_validation_errors(errors: list[dict]) -> tuple[str, str | None]:
         return f"malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}", None
     # loc is ("body", field, ...) for body fields; union members add their type name, drop those.
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    loc = [p for p in loc if not p.startswith(("list[", "str", "int", "dict[", "function-"))]
+    loc = [
+        p for p in loc if p not in _UNION_TAGS and "[" not in p and not p.startswith("function-")
+    ]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if param is None or msg.startswith(f"{param}:"):

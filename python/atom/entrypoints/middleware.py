@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 
-from atom.entrypoints.errors import error_body
+from atom.entrypoints.errors import APIError, error_body
 
 
 async def _send_error(send, message: str, status: int) -> None:
@@ -23,8 +23,11 @@ async def _send_error(send, message: str, status: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(APIError):
+    """Raised from ``receive`` inside the app, whose APIError handler answers 413."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=413)
 
 
 class BodySizeLimit:
@@ -52,7 +55,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(too_large)
             return message
 
         async def tracking_send(message):

@@ -118,7 +118,7 @@ def sampling_params(
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-            min_tokens=min(req.min_tokens, max(1, max_tokens)),
+            min_tokens=req.min_tokens,
             stop_token_ids=req.stop_token_ids,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
