@@ -66,7 +66,7 @@ class ModelConfig:
     head_dim: int
     rms_norm_eps: float
     rope_theta: float
-    rope_scaling: dict[str, Any] | None
+    rope_scaling: dict[str, Any] | None = field(hash=False)  # a dict: kept out of the hash
     max_position_embeddings: int
     max_model_len: int
     tie_word_embeddings: bool

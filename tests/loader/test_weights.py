@@ -127,3 +127,12 @@ def test_load_dummy_covers_every_parameter(make_tiny_llama):
         p.data.fill_(float("nan"))
     load_dummy_weights(model)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_consolidated_duplicate_is_ignored(make_tiny_llama, tmp_path):
+    """Mistral-style repos ship consolidated.safetensors beside the HF shards: not ours to load."""
+    folder = tmp_path / "with_consolidated"
+    shutil.copytree(make_tiny_llama(), folder)
+    save_file({"tok_embeddings.weight": torch.zeros(2, 2)}, folder / "consolidated.safetensors")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    build_model(ModelConfig.from_pretrained(folder), "cpu")

@@ -96,3 +96,9 @@ def test_config_is_frozen(make_tiny_llama):
     c = ModelConfig.from_pretrained(make_tiny_llama())
     with pytest.raises(AttributeError):
         c.vocab_size = 3
+
+
+def test_config_is_hashable_and_compares_by_value(tmp_path, make_tiny_llama):
+    folder = _folder(tmp_path, make_tiny_llama, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    a, b = ModelConfig.from_pretrained(folder), ModelConfig.from_pretrained(folder)
+    assert a == b and hash(a) == hash(b)

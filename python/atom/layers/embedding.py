@@ -60,16 +60,6 @@ class ParallelLMHead(VocabParallelEmbedding):
     """hidden [N, H] -> logits [N, vocab] fp32. ``tie_to(embedding)`` shares the embedding table
     (tie_word_embeddings), and the checkpoint's lm_head.weight, if any, is then ignored."""
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        tp_rank: int = 0,
-        tp_size: int = 1,
-        tp_group=None,
-    ):
-        super().__init__(num_embeddings, embedding_dim, tp_rank, tp_size, tp_group)
-
     def tie_to(self, embedding: VocabParallelEmbedding) -> None:
         if embedding.weight.shape != self.weight.shape:
             raise ValueError("the tied embedding and LM head differ in shape")

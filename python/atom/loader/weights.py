@@ -32,7 +32,7 @@ _ALWAYS_SKIPPED = (r"rotary_emb\.inv_freq$",)
 
 def safetensors_files(model_dir: Path) -> list[Path]:
     """The checkpoint's files: those named by model.safetensors.index.json if there is one, else
-    every *.safetensors file of the folder."""
+    model.safetensors, else every *.safetensors file of the folder (but consolidated*)."""
     model_dir = Path(model_dir)
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -42,7 +42,12 @@ def safetensors_files(model_dir: Path) -> list[Path]:
         if missing:
             raise ValueError(f"{str(index)!r} names missing shards: {missing}")
         return files
-    files = sorted(model_dir.glob("*.safetensors"))
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    # Mistral-style repos also ship consolidated.safetensors: the same weights under other names.
+    files = sorted(
+        f for f in model_dir.glob("*.safetensors") if not f.name.startswith("consolidated")
+    )
     if not files:
         raise ValueError(f"no *.safetensors weights in {str(model_dir)!r}")
     return files
