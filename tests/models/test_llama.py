@@ -136,3 +136,16 @@ def test_tied_model_shares_the_embedding(make_tiny_llama):
     assert model.lm_head.weight is model.model.embed_tokens.weight
     untied = atom_model(make_tiny_llama())
     assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+
+
+def test_tiny_llama_with_the_embedded_tokenizer(make_tiny_llama):
+    """The fixture engine tests use for text in and out on a tiny model."""
+    from transformers import AutoTokenizer
+
+    folder = make_tiny_llama(tokenizer=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert "<|im_start|>assistant" in ids
+    assert atom_model(folder).config.vocab_size == len(tokenizer) == 49152
