@@ -77,12 +77,37 @@ class ModelConfig:
     attention_bias: bool = False  # bias on q/k/v projections
     mlp_bias: bool = False
     partial_rotary_factor: float = 1.0  # fraction of head_dim that RoPE rotates
+    # Attention per layer: layer_types[i] is HF's "full_attention" | "sliding_attention" | ...;
+    # sliding layers attend to the last ``sliding_window`` positions (see sliding_window_of).
+    use_qk_norm: bool = False  # GLM-4-MoE's flag (Qwen3 models always norm q and k)
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()
+    # Mixture of experts; num_experts == 0 is a dense model. ``moe_layers``: the indices of the
+    # layers whose MLP is routed (the rest are dense MLPs of intermediate_size).
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0  # each routed (and shared) expert's intermediate size
+    n_shared_experts: int = 0
+    norm_topk_prob: bool = False  # renormalise the top-k routing weights to sum to 1
+    n_group: int = 1  # grouped routing (DeepSeek / GLM): groups, and groups kept per token
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    moe_layers: tuple[int, ...] = ()
     # The raw HF config (the text part of a multimodal one), for model-specific quirks.
     hf_config: Any = field(default=None, compare=False, repr=False)
 
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+    def sliding_window_of(self, layer: int) -> int | None:
+        """The attention window of ``layer``, or None for full attention."""
+        if self.sliding_window is None or not self.layer_types:
+            return None
+        return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return layer in self.moe_layers
 
     @classmethod
     def from_pretrained(
@@ -168,6 +193,8 @@ class ModelConfig:
             attention_bias=bool(getattr(hf, "attention_bias", False)),
             mlp_bias=bool(getattr(hf, "mlp_bias", False)),
             partial_rotary_factor=partial,
+            **_attention_layout(hf),
+            **_moe_settings(hf),
             hf_config=hf,
         )
 
@@ -192,6 +219,64 @@ def _rope_settings(hf: Any) -> tuple[float, dict[str, Any] | None, float]:
     params.pop("type", None)
     scaling = None if rope_type == "default" else {"rope_type": rope_type, **params}
     return theta, scaling, partial
+
+
+def _attention_layout(hf: Any) -> dict[str, Any]:
+    """use_qk_norm, sliding_window and layer_types. Configs without ``layer_types`` (Mistral,
+    Qwen3-MoE) apply their sliding window, if any, to every layer, as transformers does."""
+    window = getattr(hf, "sliding_window", None)
+    if window is not None and int(window) <= 0:
+        raise ValueError(f"sliding_window must be positive or null, got {window}")
+    num_layers = hf.num_hidden_layers
+    types = getattr(hf, "layer_types", None)
+    if types is None:
+        types = ["sliding_attention" if window else "full_attention"] * num_layers
+    if len(types) != num_layers:
+        raise ValueError(f"layer_types has {len(types)} entries for num_hidden_layers={num_layers}")
+    return {
+        "use_qk_norm": bool(getattr(hf, "use_qk_norm", False)),
+        "sliding_window": None if window is None else int(window),
+        "layer_types": tuple(str(t) for t in types),
+    }
+
+
+def _moe_settings(hf: Any) -> dict[str, Any]:
+    """The MoE fields under their various HF names, and which layers are routed:
+    - Qwen-MoE (decoder_sparse_step, mlp_only_layers): layer i unless i is in mlp_only_layers
+      or (i + 1) % decoder_sparse_step != 0;
+    - DeepSeek / GLM (first_k_dense_replace, moe_layer_freq): i >= first_k_dense_replace and
+      i % moe_layer_freq == 0;
+    - otherwise (GPT-OSS, Mixtral) every layer."""
+    num_experts = 0
+    for name in ("n_routed_experts", "num_experts", "num_local_experts"):
+        value = getattr(hf, name, None)
+        if value:
+            num_experts = int(value)
+            break
+    if num_experts == 0:
+        return {}
+    num_layers = hf.num_hidden_layers
+    if hasattr(hf, "decoder_sparse_step") or hasattr(hf, "mlp_only_layers"):
+        step = int(getattr(hf, "decoder_sparse_step", 1) or 1)
+        dense = set(getattr(hf, "mlp_only_layers", None) or [])
+        moe_layers = [i for i in range(num_layers) if i not in dense and (i + 1) % step == 0]
+    else:
+        first = int(getattr(hf, "first_k_dense_replace", 0) or 0)
+        freq = int(getattr(hf, "moe_layer_freq", 1) or 1)
+        moe_layers = [i for i in range(num_layers) if i >= first and i % freq == 0]
+    return {
+        "num_experts": num_experts,
+        "num_experts_per_tok": int(getattr(hf, "num_experts_per_tok", 0) or 0),
+        "moe_intermediate_size": int(
+            getattr(hf, "moe_intermediate_size", None) or getattr(hf, "intermediate_size", 0)
+        ),
+        "n_shared_experts": int(getattr(hf, "n_shared_experts", 0) or 0),
+        "norm_topk_prob": bool(getattr(hf, "norm_topk_prob", False)),
+        "n_group": int(getattr(hf, "n_group", 1) or 1),
+        "topk_group": int(getattr(hf, "topk_group", 1) or 1),
+        "routed_scaling_factor": float(getattr(hf, "routed_scaling_factor", 1.0) or 1.0),
+        "moe_layers": tuple(moe_layers),
+    }
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None, hf: Any) -> torch.dtype:
