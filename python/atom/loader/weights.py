@@ -9,6 +9,12 @@ A model declares how checkpoint names map onto its parameters, as data:
   ``inv_freq`` buffers that old checkpoints saved).
 Names match whole dot-separated components, so "q_proj" never matches "q_proj_a".
 
+A module that owns a set of checkpoint names (e.g. FusedMoE: "experts.7.gate_proj.weight" or a
+fused "experts.gate_up_proj") says so by having ``load_checkpoint_tensor(relative name, tensor)``;
+every checkpoint tensor under such a module's name goes there (after the renames, before the
+packed mapping), and its ``missing_checkpoint_parts()`` replaces the per-parameter completeness
+check for its parameters.
+
 Every other parameter is loaded by its ``weight_loader(param, tensor)`` (sharded layers) or a
 plain shape-checked copy. A checkpoint tensor that maps to no parameter, or a parameter that no
 tensor fills, raises ValueError naming it. With tied embeddings the LM head shares the embedding
@@ -86,11 +92,22 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
         re.compile(p) for p in (*_ALWAYS_SKIPPED, *getattr(model, "skip_checkpoint_weights", ()))
     ]
     tied = getattr(model, "tie_word_embeddings", False)
+    owners = _checkpoint_owners(model)
     filled: set[str] = set()
     for ckpt_name, tensor in weights:
         if any(p.search(ckpt_name) for p in skips):
             continue
         name = _rename(ckpt_name, renames)
+        owned = _owner_of(name, owners)
+        if owned is not None:
+            owner, relative = owned
+            try:
+                owners[owner].load_checkpoint_tensor(relative, tensor)
+            except ValueError as e:
+                raise ValueError(
+                    f"cannot load checkpoint weight {ckpt_name!r} into {owner!r}: {e}"
+                ) from e
+            continue
         target = _packed_target(name, packed)
         if target is not None:
             name, shard_id = target
@@ -112,15 +129,46 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
                 f"cannot load checkpoint weight {ckpt_name!r} into {name!r}: {e}"
             ) from e
         filled.add(name if target is None else f"{name}[{shard_id}]")
-    _check_complete(params, packed, filled)
+    _check_complete(params, packed, filled, owners)
 
 
-def _check_complete(params: dict[str, nn.Parameter], packed: dict, filled: set[str]) -> None:
+def _checkpoint_owners(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules that load their own checkpoint tensors, by dotted name."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if name and callable(getattr(module, "load_checkpoint_tensor", None))
+    }
+
+
+def _owner_of(name: str, owners: dict[str, nn.Module]) -> tuple[str, str] | None:
+    """(owner module name, name relative to it) for the innermost owner above ``name``."""
+    if not owners:
+        return None
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in owners:
+            return prefix, ".".join(parts[i:])
+    return None
+
+
+def _check_complete(
+    params: dict[str, nn.Parameter],
+    packed: dict,
+    filled: set[str],
+    owners: dict[str, nn.Module] | None = None,
+) -> None:
     shards_of: dict[str, set] = {}
     for merged, shard_id in packed.values():
         shards_of.setdefault(merged, set()).add(shard_id)
     missing = []
+    for owner_name, owner in (owners or {}).items():
+        parts = getattr(owner, "missing_checkpoint_parts", lambda: [])()
+        missing += [f"{owner_name}: {part}" for part in parts]
     for name in params:
+        if owners and _owner_of(name, owners) is not None:
+            continue  # the owner module answered above
         module = name.rpartition(".")[0].rpartition(".")[2]
         if module in shards_of and name not in filled:  # filled by parts, or whole (pre-merged)
             missing += [f"{name}[{s}]" for s in shards_of[module] if f"{name}[{s}]" not in filled]
