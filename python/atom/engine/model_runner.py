@@ -94,7 +94,12 @@ class ModelRunner:
     @property
     def bytes_per_block(self) -> int:
         itemsize = torch.empty((), dtype=self.kv_dtype).element_size()
-        per_token = sum(2 * layer.num_kv_heads * layer.head_dim for layer in self.attn_layers)
+        # A layer with ``needs_v_cache = False`` (MLA: its values are the cached latents) has
+        # only a K cache.
+        per_token = sum(
+            (1 + getattr(layer, "needs_v_cache", True)) * layer.num_kv_heads * layer.head_dim
+            for layer in self.attn_layers
+        )
         return per_token * self.block_size * itemsize
 
     def _choose_num_blocks(self) -> int:
@@ -164,7 +169,8 @@ class ModelRunner:
         for layer in self.attn_layers:
             shape = (num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
             k = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+            v_shape = shape if getattr(layer, "needs_v_cache", True) else (0, *shape[1:])
+            v = torch.zeros(v_shape, dtype=self.kv_dtype, device=self.device)
             layer.bind_kv_cache(k, v, scale, scale)
             caches.append((k, v))
         return caches

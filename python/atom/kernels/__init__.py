@@ -100,3 +100,24 @@ def fused_moe(
     return pick("fused_moe", hidden.device.type)(
         hidden, w13, w2, topk_weights, topk_ids, activation, b13, b2
     )
+
+
+def mla_decode(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    kv_lora_rank: int,
+    k_scale: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weight-absorbed MLA over the latent cache: q [T, H, L + R] = [W_UK^T q_nope | q_pe],
+    kv_cache [num_blocks, block_size, 1, L + R] = [c | k_pe]; returns [T, H, L] =
+    sum_j softmax_j(scale * q . kv_j) c_j (atom/kernels/reference/mla.py). Fast kernels take
+    decode batches (q_len 0 or 1 per sequence)."""
+    return pick("mla_decode", q.device.type)(q, kv_cache, meta, scale, kv_lora_rank, k_scale, out)
+
+
+def concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping, k_scale=None) -> None:
+    """Writes [kv_c [T, L] | k_pe [T, R]] into the latent cache at slot_mapping (in place)."""
+    pick("concat_and_cache_mla", kv_c.device.type)(kv_c, k_pe, kv_cache, slot_mapping, k_scale)

@@ -11,8 +11,7 @@ YaRN, the attention factor); each is one entry of ``_INV_FREQ`` keyed by the HF 
   original_max_position / high_freq_factor kept, and those between interpolated with
   s = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor):
   inv_freq * ((1 - s) / factor + s).
-- "yarn" (hook): add a function returning (inv_freq, mscale) per the YaRN paper
-  (arXiv:2309.00071) and transformers' _compute_yarn_parameters; nothing else changes.
+- "yarn": YaRN (arXiv:2309.00071), in atom.layers.rotary_yarn (frequency ramp and mscale).
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from atom.layers.rotary_yarn import yarn_inv_freq
 
 
 def _plain_inv_freq(rotary_dim: int, theta: float) -> torch.Tensor:
@@ -52,6 +53,7 @@ def _llama3(rotary_dim: int, theta: float, scaling: dict[str, Any]) -> tuple[tor
 _INV_FREQ: dict[str, Callable[[int, float, dict[str, Any]], tuple[torch.Tensor, float]]] = {
     "linear": _linear,
     "llama3": _llama3,
+    "yarn": yarn_inv_freq,
 }
 
 

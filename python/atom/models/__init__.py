@@ -29,6 +29,7 @@ def register_model(architecture: str, module: str, class_name: str) -> None:
 
 
 register_model("LlamaForCausalLM", "atom.models.llama", "LlamaForCausalLM")
+register_model("DeepseekV3ForCausalLM", "atom.models.deepseek_v3", "DeepseekV3ForCausalLM")
 
 
 def supported_architectures() -> list[str]:

@@ -27,4 +27,5 @@ __all__ = [
     "paged_decode_attention",
 ]
 
+from atom.kernels.triton import mla_cache, mla_decode  # noqa: E402, F401, I001  (the MLA ops)
 from atom.kernels.triton import moe  # noqa: E402, F401  (registers fused_moe)
