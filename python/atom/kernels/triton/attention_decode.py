@@ -34,7 +34,7 @@ from atom.kernels.triton.attention_tile import (
     to_output_dtype,
 )
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 MAX_SPLITS = 64
 
 
@@ -45,7 +45,11 @@ class DecodeConfig:
     num_stages: int
 
 
-def default_decode_config(head_dim_pad: int) -> DecodeConfig:
+def default_decode_config(head_dim_pad: int, dtype: torch.dtype) -> DecodeConfig:
+    """64-key steps, 4 warps, 3 stages for 16-bit inputs; fp32 (no tensor-core dot) and head
+    dim 256 use configs that fit the registers without spills (checked with ptxas for sm90)."""
+    if dtype == torch.float32:
+        return DecodeConfig(block_n=16, num_warps=8, num_stages=2)
     if head_dim_pad >= 256:
         return DecodeConfig(block_n=32, num_warps=4, num_stages=2)
     return DecodeConfig(block_n=64, num_warps=4, num_stages=3)
@@ -141,22 +145,31 @@ def _decode_split_kernel(
     if HAS_K_SCALE:
         qk_scale = qk_scale * tl.load(k_scale_ptr).to(tl.float32)
     acc = tl.zeros([GROUP_PAD, D_PAD], dtype=tl.float32)
-    if HAS_SINKS and NUM_SPLITS == 1:
+    m_i = tl.full([GROUP_PAD], NEG_BIG, dtype=tl.float32)
+    l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
+    if HAS_SINKS and NUM_SPLITS == 1:  # else the combine kernel adds the sink
         m_i = tl.load(sinks_ptr + head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
         l_i = tl.full([GROUP_PAD], 1.0, dtype=tl.float32)
-    else:
-        m_i = tl.full([GROUP_PAD], NEG_BIG, dtype=tl.float32)
-        l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
 
     k_head_ptr = k_cache_ptr + kv_head * stride_k_head
     v_head_ptr = v_cache_ptr + kv_head * stride_v_head
     bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
-    # Every key in [lo, seq_len) is visible to the token at seq_len - 1: only the slice bounds mask.
-    for start in range(split_lo, split_hi, BLOCK_N):
+    # Every key in [lo, seq_len) is visible to the token at seq_len - 1: no causal mask. Full
+    # tiles load unmasked; only the slice's last, partial tile masks its tail.
+    full_end = split_lo + tl.maximum(split_hi - split_lo, 0) // BLOCK_N * BLOCK_N
+    for start in range(split_lo, full_end, BLOCK_N):
         acc, m_i, l_i = attend_kv_tile(
             acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, start, split_lo, split_hi,
             window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
-            offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, False, False, DOT_PRECISION, CPU_BF16,
+            offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, False, False, False, DOT_PRECISION,
+            CPU_BF16,
+        )  # fmt: skip
+    if full_end < split_hi:
+        acc, m_i, l_i = attend_kv_tile(
+            acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, full_end, split_lo, split_hi,
+            window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
+            offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, False, False, DOT_PRECISION,
+            CPU_BF16,
         )  # fmt: skip
 
     if NUM_SPLITS == 1:
@@ -255,7 +268,7 @@ def decode_attention(
         return out
     group = num_heads // num_kv_heads
     d_pad = max(16, triton.next_power_of_2(head_dim))
-    cfg = config or default_decode_config(d_pad)
+    cfg = config or default_decode_config(d_pad, q.dtype)
     if num_splits > 1:
         if workspace is None:
             workspace = DecodeWorkspace(num_seqs, num_heads, head_dim, num_splits, q.device)

@@ -34,7 +34,7 @@ def round_to_bf16_in_fp32(x):
 
 
 @triton.jit
-def to_output_dtype(x, dtype, CPU_BF16: tl.constexpr):
+def to_output_dtype(x, dtype: tl.constexpr, CPU_BF16: tl.constexpr):
     """fp32 -> dtype. The interpreter truncates fp32 -> bf16; GPUs round to nearest even."""
     if CPU_BF16:
         x = round_to_bf16_in_fp32(x)
@@ -42,7 +42,7 @@ def to_output_dtype(x, dtype, CPU_BF16: tl.constexpr):
 
 
 @triton.jit
-def _dot_operand(x, dtype, CPU_BF16: tl.constexpr):
+def _dot_operand(x, dtype: tl.constexpr, CPU_BF16: tl.constexpr):
     """x rounded to the compute dtype; under CPU_BF16 the bf16 values are kept in fp32."""
     if CPU_BF16:
         if x.dtype == tl.float32:
@@ -140,7 +140,7 @@ def attend_kv_tile(
 
 # A finite "minus infinity" for the initial running max: max(NEG_BIG, -inf) stays finite, so the
 # rescale factor 2^(m_old - m_new) is never 2^(-inf + inf).
-NEG_BIG: tl.constexpr = -1.0e30
+NEG_BIG = tl.constexpr(-1.0e30)
 
 
 def dot_settings(q) -> tuple[str, bool]:

@@ -35,7 +35,7 @@ from atom.kernels.triton.attention_tile import (
     to_output_dtype,
 )
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,17 @@ class UnifiedConfig:
     num_stages: int
 
 
-def default_unified_config(max_seqlen_q: int, group: int, head_dim_pad: int) -> UnifiedConfig:
+def default_unified_config(
+    max_seqlen_q: int, group: int, head_dim_pad: int, dtype: torch.dtype
+) -> UnifiedConfig:
     """Smaller row tiles for short queries (decode rows, spec-decode chunks) so fewer rows are
-    padding; 128-row tiles (two warpgroups of wgmma on Hopper) for real prefill."""
+    padding; 128-row tiles (two warpgroups of wgmma on Hopper) for real prefill. fp32 (a
+    correctness path: no tensor-core dot) uses small tiles that fit the registers without spills
+    (checked with ptxas for sm90)."""
     rows = max_seqlen_q * group
+    if dtype == torch.float32:
+        block_m = max(16 if rows <= 16 else 32, triton.next_power_of_2(group))
+        return UnifiedConfig(block_m, 16 if block_m == 16 else 32, 4 if block_m == 16 else 8, 1)
     block_m = 16
     while block_m < min(rows, 128):
         block_m *= 2
@@ -115,7 +122,9 @@ def _unified_attention_kernel(
     DOT_PRECISION: tl.constexpr,
     CPU_BF16: tl.constexpr,
 ):
-    tile_id = tl.program_id(0)
+    # Highest tiles first: under the causal mask the last tiles of a sequence see the most keys,
+    # so launching them first leaves the light ones for the tail of the grid.
+    tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_id, BLOCK_Q)
     q_start = tl.load(cu_seqlens_q_ptr + seq)
@@ -220,7 +229,7 @@ def unified_attention(
     num_seqs = seq_lens.shape[0]
     group = num_heads // num_kv_heads
     d_pad = max(16, triton.next_power_of_2(head_dim))
-    cfg = config or default_unified_config(max_seqlen_q, group, d_pad)
+    cfg = config or default_unified_config(max_seqlen_q, group, d_pad, q.dtype)
     if cfg.block_m < group or cfg.block_m & (cfg.block_m - 1) or cfg.block_m < 16:
         raise ValueError(f"block_m={cfg.block_m} must be a power of two >= max(16, GROUP={group})")
     block_q = cfg.block_m // group
