@@ -72,6 +72,7 @@ def server(tmp_path_factory) -> Server:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
     env.pop("ATOM_API_KEY", None)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see tools/run_tests.sh
     cmd = [
         sys.executable, "-m", "atom.entrypoints.openai_server",
         "--host", "127.0.0.1", "--server-port", str(port), "--api-key", API_KEY,
