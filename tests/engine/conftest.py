@@ -9,7 +9,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_cpu_thread():
     """The engine tests run many tiny ops; on a shared 2-core machine a second OpenMP thread
     costs more in synchronization than it saves (a 12-element softmax takes ms instead of us)."""
