@@ -124,13 +124,23 @@ def test_eos_stops_unless_ignored(engine, make_tiny_llama, make_engine):
     assert first not in out[0]["token_ids"][:3]
 
 
-@pytest.mark.parametrize("budget", [None, 5])
-def test_logprobs_and_prompt_logprobs_match_huggingface(make_engine, hf_tiny, budget):
-    kw = {} if budget is None else {"max_num_batched_tokens": budget}  # chunked prompt logprobs
-    engine = make_engine(**kw)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"max_num_batched_tokens": 5},  # prompt logprobs computed chunk by chunk
+        {"num_kv_blocks": 14, "block_size": 4, "max_model_len": 56, "enable_prefix_caching": True},
+    ],
+    ids=["plain", "chunked", "preempted"],
+)
+def test_logprobs_and_prompt_logprobs_match_huggingface(make_engine, hf_tiny, options):
+    engine = make_engine(**options)
     sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=3,
                         prompt_logprobs=2)  # fmt: skip
-    out = engine.generate([PROMPT, other_prompts(1)[0]], sp)[0]
+    # PROMPT comes second: the newest sequence is the one preempted.
+    out = engine.generate([other_prompts(1, seed=4)[0] * 2, PROMPT], sp)[1]
+    if "num_kv_blocks" in options:
+        assert engine.get_stats().extra["num_preemptions"] > 0
     tokens = out["token_ids"]
     assert tokens == hf_greedy(hf_tiny, PROMPT, 6)
     with torch.no_grad():
