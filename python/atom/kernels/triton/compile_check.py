@@ -1,0 +1,179 @@
+"""Ahead-of-time compile of the attention kernels for a GPU target, without a GPU.
+
+The CPU interpreter runs kernels as Python and accepts code that the real compiler rejects (for
+example a non-constexpr global inside a kernel); this compiles the kernels through Triton's real
+pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the bundled ptxas) for the H100 (sm90), with
+the argument alignment Triton assumes at launch, and reports each variant's shared memory,
+registers and spill bytes. Used by a CPU test and by hand when tuning:
+
+    python -m atom.kernels.triton.compile_check          # must run without TRITON_INTERPRET=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+H100 = GPUTarget("cuda", 90, 32)
+
+
+@dataclass
+class Variant:
+    name: str
+    kernel: str  # "unified" | "decode" | "combine"
+    dtype: str = "bf16"
+    cache: str = "bf16"
+    head_dim: int = 128
+    group: int = 4
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+    num_splits: int = 1
+    window: bool = False
+    sinks: bool = False
+    scales: bool = False
+
+
+# The default configs of each path (attention_unified / attention_decode), one per feature.
+VARIANTS = [
+    Variant("prefill bf16 d128", "unified"),
+    Variant(
+        "prefill fp8 cache + window + sinks",
+        "unified",
+        cache="fp8e4nv",
+        window=True,
+        sinks=True,
+        scales=True,
+    ),  # fmt: skip
+    Variant("mixed rows fp16 d64 group 8", "unified", "fp16", "fp16", 64, 8, 16, 64, 4, 3),
+    Variant("prefill fp32 d64 group 3", "unified", "fp32", "fp32", 64, 3, 32, 32, 8, 1),
+    Variant("prefill bf16 d80", "unified", head_dim=80),
+    Variant("prefill bf16 d256", "unified", head_dim=256, block_n=32, num_stages=2),
+    Variant("decode bf16 d128", "decode", num_warps=4),
+    Variant(
+        "decode bf16 split 8 + window + sinks",
+        "decode",
+        num_warps=4,
+        num_splits=8,
+        window=True,
+        sinks=True,
+    ),  # fmt: skip
+    Variant("decode fp8 cache", "decode", cache="fp8e4nv", num_warps=4, scales=True),
+    Variant("decode fp32 d64", "decode", "fp32", "fp32", 64, 3, block_n=16, num_stages=2),
+    Variant(
+        "combine bf16 d128 split 8",
+        "combine",
+        num_warps=4,
+        num_stages=1,
+        num_splits=8,
+        sinks=True,
+        scales=True,
+    ),  # fmt: skip
+]
+
+
+def _signature(fn, v: Variant, constexprs: dict) -> tuple[dict, dict]:
+    pointer_types = {
+        "q_ptr": v.dtype, "out_ptr": v.dtype, "k_cache_ptr": v.cache, "v_cache_ptr": v.cache,
+        "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "sinks_ptr": "fp32",
+        "k_scale_ptr": "fp32", "v_scale_ptr": "fp32",
+    }  # fmt: skip
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + pointer_types.get(name, "i32")
+        else:
+            signature[name] = "fp32" if name == "softmax_scale" else "i32"
+        # Triton specializes 16-byte aligned pointers and strides divisible by 16 at launch.
+        if name.endswith("_ptr") or (name.startswith("stride") and name != "stride_bt_seq"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return signature, attrs
+
+
+def _kernel_and_constexprs(v: Variant):
+    from atom.kernels.triton.attention_decode import _decode_combine_kernel, _decode_split_kernel
+    from atom.kernels.triton.attention_unified import _unified_attention_kernel
+
+    d_pad = max(16, triton.next_power_of_2(v.head_dim))
+    common = dict(HEAD_DIM=v.head_dim, D_PAD=d_pad, HAS_SINKS=v.sinks, HAS_V_SCALE=v.scales)
+    precision = dict(DOT_PRECISION="ieee" if v.dtype == "fp32" else "tf32", CPU_BF16=False)
+    attention = dict(common, **precision, GROUP=v.group, BLOCK_N=v.block_n, BLOCK_SIZE=16,
+                     USE_WINDOW=v.window, HAS_K_SCALE=v.scales)  # fmt: skip
+    if v.kernel == "unified":
+        return _unified_attention_kernel, dict(
+            attention, BLOCK_M=v.block_m, BLOCK_Q=v.block_m // v.group
+        )
+    if v.kernel == "decode":
+        group_pad = max(16, triton.next_power_of_2(v.group))
+        return _decode_split_kernel, dict(attention, GROUP_PAD=group_pad, NUM_SPLITS=v.num_splits)
+    splits_pad = triton.next_power_of_2(v.num_splits)
+    return _decode_combine_kernel, dict(
+        common, NUM_SPLITS=v.num_splits, SPLITS_PAD=splits_pad, CPU_BF16=False
+    )
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers and stack (spill) bytes from the bundled cuobjdump, when it is there."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    if not os.path.exists(tool):
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
+                              text=True).stdout  # fmt: skip
+    fields = {}
+    for line in text.splitlines():
+        for item in line.split():
+            key, _, value = item.partition(":")
+            if key in ("REG", "STACK") and value.isdigit():
+                fields[key.lower()] = int(value)
+    return fields
+
+
+def compile_variant(v: Variant, target: GPUTarget = H100) -> dict:
+    fn, constexprs = _kernel_and_constexprs(v)
+    signature, attrs = _signature(fn, v, constexprs)
+    backend = triton.compiler.make_backend(target)
+    options = backend.parse_options(dict(num_warps=v.num_warps, num_stages=v.num_stages))
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                              options=options.__dict__)  # fmt: skip
+    return {"shared": compiled.metadata.shared, **_resource_usage(compiled.asm["cubin"])}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="variant names to compile (default: all)")
+    args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("unset TRITON_INTERPRET: the interpreter replaces the compiler")
+    failures = 0
+    for v in VARIANTS:
+        if args.only and v.name not in args.only:
+            continue
+        try:
+            r = compile_variant(v)
+        except Exception as exc:  # report every variant, then fail
+            failures += 1
+            print(f"FAIL {v.name}: {type(exc).__name__}: {exc}"[:2000])
+            continue
+        spills = r.get("stack", 0)
+        failures += spills > 0
+        print(f"{'ok  ' if not spills else 'SPILL'} {v.name:<40} smem {r['shared']:>6} B  "
+              f"regs {r.get('reg', '?'):>3}  stack {spills} B")  # fmt: skip
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
