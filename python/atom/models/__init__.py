@@ -29,6 +29,10 @@ def register_model(architecture: str, module: str, class_name: str) -> None:
 
 
 register_model("LlamaForCausalLM", "atom.models.llama", "LlamaForCausalLM")
+register_model("Qwen3ForCausalLM", "atom.models.qwen3", "Qwen3ForCausalLM")
+register_model("Qwen3MoeForCausalLM", "atom.models.qwen3_moe", "Qwen3MoeForCausalLM")
+register_model("Glm4MoeForCausalLM", "atom.models.glm4_moe", "Glm4MoeForCausalLM")
+register_model("GptOssForCausalLM", "atom.models.gpt_oss", "GptOssForCausalLM")
 register_model("DeepseekV3ForCausalLM", "atom.models.deepseek_v3", "DeepseekV3ForCausalLM")
 
 

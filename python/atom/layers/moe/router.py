@@ -108,7 +108,12 @@ class MoeRouter(nn.Module):
         # others compute the logits in the model's dtype. ``keep_fp32`` tells the model not to
         # cast these parameters down.
         self.keep_fp32 = scoring == "sigmoid_grouped"
-        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size), requires_grad=False)
+        # (Built in fp32 even under a bf16 default dtype, so the checkpoint's fp32 gate is not
+        # rounded on the way in.)
+        gate_dtype = torch.float32 if self.keep_fp32 else None
+        self.weight = nn.Parameter(
+            torch.empty(num_experts, hidden_size, dtype=gate_dtype), requires_grad=False
+        )
         self.bias = nn.Parameter(torch.zeros(num_experts), requires_grad=False) if bias else None
         if scoring == "sigmoid_grouped":
             self.e_score_correction_bias = nn.Parameter(
