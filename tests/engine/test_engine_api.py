@@ -3,6 +3,7 @@ profiling."""
 
 from __future__ import annotations
 
+import gzip
 import os
 
 import pytest
@@ -174,7 +175,9 @@ def test_profiler_writes_a_trace(make_engine, tmp_path, monkeypatch):
     monkeypatch.setenv("ATOM_TORCH_PROFILER_DIR", str(tmp_path / "env"))
     engine = make_engine()
     assert engine.config.torch_profiler_dir == str(tmp_path / "env")
+    monkeypatch.setenv("ATOM_PROFILER_MORE", "1")
     engine = make_engine(torch_profiler_dir=str(tmp_path / "traces"))
+    assert engine.config.profiler_more
     engine.start_profile()
     with pytest.raises(RuntimeError, match="already running"):
         engine.start_profile()
@@ -183,6 +186,9 @@ def test_profiler_writes_a_trace(make_engine, tmp_path, monkeypatch):
     assert trace_dir == os.path.join(str(tmp_path / "traces"), "rank_0")
     files = os.listdir(trace_dir)
     assert files and all(f.endswith(".pt.trace.json.gz") for f in files)
+    with gzip.open(os.path.join(trace_dir, files[0]), "rt") as f:
+        trace = f.read()
+    assert "Input Dims" in trace  # ATOM_PROFILER_MORE=1 records shapes
 
 
 def test_profiler_without_a_directory_says_how_to_set_one(make_engine, monkeypatch):
@@ -195,3 +201,14 @@ def test_profiler_without_a_directory_says_how_to_set_one(make_engine, monkeypat
 def test_print_mtp_statistics(engine, capsys):
     engine.print_mtp_statistics()
     assert "not enabled" in capsys.readouterr().out
+
+
+def test_profile_forward_of_the_gpu_sizing_runs_and_keeps_the_cache(make_engine):
+    """The full-batch profile forward that sizes the KV cache on a GPU, exercised on the CPU."""
+    engine = make_engine(max_num_batched_tokens=300, max_num_seqs=7, enable_prefix_caching=True,
+                         block_size=4)  # fmt: skip
+    sp = SamplingParams(temperature=0, max_tokens=5)
+    before = engine.generate([PROMPT], sp)[0]["token_ids"]
+    engine.runner._profile_forward()
+    after = engine.generate([PROMPT], sp)[0]
+    assert after["num_cached_tokens"] == 4 and after["token_ids"] == before  # the cache survived

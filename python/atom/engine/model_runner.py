@@ -74,6 +74,10 @@ class ModelRunner:
             self.kv_dtype = platform.fp8_dtype
         else:
             self.kv_dtype = mc.dtype  # unquantized: the model's own dtype
+        # fp8 caches hold K/V / scale with a per-tensor scale of 1.0 (no calibration yet).
+        self._kv_scale = None
+        if self.kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+            self._kv_scale = torch.ones((), dtype=torch.float32, device=self.device)
         self.sampler = Sampler(mc.eos_token_ids, self.device, seed=config.seed)
         self.num_blocks = self._choose_num_blocks()
         capacity = self.num_blocks * self.block_size
@@ -159,13 +163,16 @@ class ModelRunner:
         )
         self.execute(step)
         del caches
-        self._allocate_kv_cache(0)  # unbind the profile caches so that their memory is freed
+        # Unbind the profile caches so that their memory is freed (rebind the real ones, if any).
+        if getattr(self, "kv_caches", None):
+            for layer, (k, v) in zip(self.attn_layers, self.kv_caches):
+                layer.bind_kv_cache(k, v, self._kv_scale, self._kv_scale)
+        else:
+            self._allocate_kv_cache(0)
 
     def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         caches = []
-        scale = None
-        if self.kv_dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
-            scale = torch.ones((), dtype=torch.float32, device=self.device)
+        scale = self._kv_scale
         for layer in self.attn_layers:
             shape = (num_blocks, self.block_size, layer.num_kv_heads, layer.head_dim)
             k = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
