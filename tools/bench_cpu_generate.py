@@ -2,7 +2,7 @@
 SmolLM2-135M-Instruct (fp32), measured in the same process on the same prompts.
 
     PYTHONPATH=python python tools/bench_cpu_generate.py [--batch-sizes 1 8] [--input-len 64]
-        [--output-len 32] [--threads N]
+        [--output-len 32] [--threads N] [--repeats 3]
 
 Each engine generates greedily, ``--output-len`` tokens per prompt (EOS ignored), for each batch
 size; prompts of one batch have the same length, so HF needs no padding and its greedy tokens are
@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per engine (best counts)"
     )
     args = parser.parse_args()
     if args.threads:
