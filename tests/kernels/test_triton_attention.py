@@ -44,6 +44,19 @@ def test_mixed_batch(dtype, heads, block_size):
     check_against_reference(batch, dtype)
 
 
+@pytest.mark.parametrize("host_copies", [True, False])
+def test_leading_decodes_split_off(host_copies):
+    """Decodes first (as the scheduler orders them), then chunks and decodes mixed: the leading run
+    goes to the decode kernel, the rest to the unified kernel; without host copies, all unified."""
+    query_lens = [1] * 9 + [5, 1, 0, 9]  # more leading tokens than one query tile holds
+    seq_lens = [40, 1, 83, 2, 5, 17, 8, 9, 33] + [30, 7, 3, 9]
+    batch = make_paged_batch(query_lens, seq_lens, 8, 2, 64, 16, torch.float16,
+                             num_padding_tokens=2, device=DEVICE)  # fmt: skip
+    if not host_copies:
+        batch.meta.query_lens_cpu = batch.meta.seq_lens_cpu = None
+    check_against_reference(batch, torch.float16, unified_config=UnifiedConfig(16, 16, 4, 2))
+
+
 @pytest.mark.parametrize(
     "query_lens, seq_lens",
     [

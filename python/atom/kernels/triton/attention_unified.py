@@ -6,10 +6,11 @@ BLOCK_M = BLOCK_Q * GROUP rows of the dot (row r = token r // GROUP, head r % GR
 tile is read once for the whole GQA group, and a decode row (one token) still fills a 16-row dot
 when GROUP is small.
 
-Tile numbering without a host sync: sequence b owns tiles [cu_q[b] // BLOCK_Q + b, cu_q[b+1] //
-BLOCK_Q + b + 1), which covers its ceil(q_len / BLOCK_Q) tiles and is increasing in b. A program
-finds its sequence by binary search over cu_seqlens_q; surplus tiles exit at once. The grid size,
-num_tokens // BLOCK_Q + num_seqs, comes from shapes only.
+Tile numbering without a host sync: with c_b = cu_q[b] - cu_q[0], sequence b owns tiles
+[c_b // BLOCK_Q + b, c_{b+1} // BLOCK_Q + b + 1), which covers its ceil(q_len / BLOCK_Q) tiles and
+is increasing in b. A program finds its sequence by binary search over cu_seqlens_q; surplus tiles
+exit at once. The grid size, num_tokens // BLOCK_Q + num_seqs, comes from shapes only.
+(cu_q[0] may be nonzero: the dispatcher can hand a tail of the batch's sequences to this kernel.)
 
 Per tile the keys [lo, p1] are visited in three phases so that only boundary tiles pay for masks
 (p0/p1 = first/last query position of the tile, W = sliding window):
@@ -68,13 +69,13 @@ def default_unified_config(
 
 
 @triton.jit
-def _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_id, BLOCK_Q: tl.constexpr):
-    """The largest b < num_seqs whose first tile cu_q[b] // BLOCK_Q + b is <= tile_id."""
+def _find_sequence(cu_seqlens_q_ptr, first_token, num_seqs, tile_id, BLOCK_Q: tl.constexpr):
+    """The largest b < num_seqs whose first tile (cu_q[b] - cu_q[0]) // BLOCK_Q + b is <= tile_id."""
     lo = tl.program_id(0) * 0
     hi = lo + num_seqs
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        first_tile = tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid
+        first_tile = (tl.load(cu_seqlens_q_ptr + mid) - first_token) // BLOCK_Q + mid
         if first_tile <= tile_id:
             lo = mid
         else:
@@ -126,10 +127,11 @@ def _unified_attention_kernel(
     # so launching them first leaves the light ones for the tail of the grid.
     tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
-    seq = _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_id, BLOCK_Q)
+    first_token = tl.load(cu_seqlens_q_ptr)
+    seq = _find_sequence(cu_seqlens_q_ptr, first_token, num_seqs, tile_id, BLOCK_Q)
     q_start = tl.load(cu_seqlens_q_ptr + seq)
     q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
-    t0 = (tile_id - (q_start // BLOCK_Q + seq)) * BLOCK_Q  # first token of the tile, in the seq
+    t0 = (tile_id - ((q_start - first_token) // BLOCK_Q + seq)) * BLOCK_Q  # first token in the tile
     if t0 >= q_len:
         return
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -222,9 +224,12 @@ def unified_attention(
     k_scale: torch.Tensor | None,  # [1] fp32
     v_scale: torch.Tensor | None,
     config: UnifiedConfig | None = None,
+    num_tokens: int | None = None,
 ) -> torch.Tensor:
-    """Launches the unified kernel. Inputs are assumed checked (paged_attention.check_inputs)."""
-    num_tokens, num_heads, head_dim = q.shape
+    """Launches the unified kernel. Inputs are assumed checked (paged_attention.check_inputs).
+    num_tokens: an upper bound of cu_seqlens_q[-1] - cu_seqlens_q[0] (default: q's rows)."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_tokens = q.shape[0] if num_tokens is None else num_tokens
     _, block_size, num_kv_heads, _ = key_cache.shape
     num_seqs = seq_lens.shape[0]
     group = num_heads // num_kv_heads

@@ -1,11 +1,15 @@
 """The Triton backend of ``paged_attention``: input checks, then one of two kernels.
 
-Dispatch: a decode-only batch (``meta.max_seqlen_q == 1``) goes to the split-K decode kernel
-(attention_decode), which spreads long contexts over many programs. Any other batch (prefill,
-chunked prefill with a cached prefix, spec-decode chunks, prefill chunks mixed with decodes) goes
-to the unified kernel (attention_unified) in one launch; its decode rows share 16-row tiles with
-their GQA group, so mixing costs little. Both compute exactly the torch reference
-(atom.kernels.reference.attention.paged_attention).
+Dispatch:
+- a decode-only batch (``meta.max_seqlen_q == 1``) goes to the split-K decode kernel
+  (attention_decode), which spreads long contexts over many programs;
+- any other batch (prefill, chunked prefill with a cached prefix, spec-decode chunks, prefill
+  chunks mixed with decodes) goes to the unified kernel (attention_unified), except that a leading
+  run of decodes (the scheduler puts running decodes first) goes to the decode kernel in a second
+  launch: in the unified kernel a decode would get a whole query tile sized for the prefill
+  chunks (up to 128 rows for 4 useful ones). The run is found from the host copy
+  ``meta.query_lens_cpu``, never from the device.
+Both kernels compute exactly the torch reference (atom.kernels.reference.attention).
 """
 
 from __future__ import annotations
@@ -120,6 +124,22 @@ def check_inputs(
             raise ValueError(f"{name} must be a one-element float tensor on {dev}, got {s}")
 
 
+def _leading_decodes(meta: AttentionMetadata) -> tuple[int, int]:
+    """(number of leading sequences with exactly one new token, their longest context), from the
+    host copies; (0, 0) when the metadata has none. A few microseconds per call, and only in steps
+    that are not decode-only (no memo: a runner may refill one metadata object in place)."""
+    lens = meta.query_lens_cpu
+    if lens is None or meta.seq_lens_cpu is None:
+        return 0, 0
+    count = next((i for i, q_len in enumerate(lens) if q_len != 1), len(lens))
+    return count, max(meta.seq_lens_cpu[:count], default=0)
+
+
+def _decode_splits(num_seqs, num_kv_heads, longest, sliding_window, device) -> int:
+    visible = longest if sliding_window is None else min(longest, sliding_window)
+    return default_num_splits(num_seqs, num_kv_heads, visible, _num_sms(device))
+
+
 @register("paged_attention", "triton", devices=("cuda",))
 def paged_attention(
     q: torch.Tensor,  # [num_tokens, Hq, D] fp16 / bf16 / fp32
@@ -148,21 +168,31 @@ def paged_attention(
     )  # fmt: skip
     k_scale = None if k_scale is None else k_scale.reshape(1)
     v_scale = None if v_scale is None else v_scale.reshape(1)
+    cu, seq_lens, tables = meta.cu_seqlens_q, meta.seq_lens, meta.block_tables
+    num_kv_heads = key_cache.shape[2]
+    common = (scale, sliding_window, sinks, k_scale, v_scale)
     if meta.max_seqlen_q == 1:
-        visible = meta.max_seqlen_k
-        if sliding_window is not None:
-            visible = min(visible, sliding_window)
         if num_splits is None:
-            num_splits = default_num_splits(
-                meta.num_seqs, key_cache.shape[2], visible, _num_sms(q.device)
+            num_splits = _decode_splits(
+                meta.num_seqs, num_kv_heads, meta.max_seqlen_k, sliding_window, q.device
             )
         return decode_attention(
-            q, key_cache, value_cache, out, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
-            scale, sliding_window, sinks, k_scale, v_scale, num_splits, config=decode_config,
+            q, key_cache, value_cache, out, cu, seq_lens, tables, *common, num_splits,
+            config=decode_config,
+        )  # fmt: skip
+    num_decodes, longest = _leading_decodes(meta)
+    if num_decodes:
+        splits = num_splits or _decode_splits(
+            num_decodes, num_kv_heads, longest, sliding_window, q.device
+        )
+        decode_attention(
+            q, key_cache, value_cache, out, cu[: num_decodes + 1], seq_lens[:num_decodes],
+            tables[:num_decodes], *common, splits, config=decode_config,
         )  # fmt: skip
     return unified_attention(
-        q, key_cache, value_cache, out, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
-        meta.max_seqlen_q, scale, sliding_window, sinks, k_scale, v_scale, config=unified_config,
+        q, key_cache, value_cache, out, cu[num_decodes:], seq_lens[num_decodes:],
+        tables[num_decodes:], meta.max_seqlen_q, *common, config=unified_config,
+        num_tokens=q.shape[0] - num_decodes,
     )  # fmt: skip
 
 
