@@ -1,4 +1,4 @@
-"""RoPE caches equal transformers' cos/sin for plain, linear and llama3 scaling."""
+"""RoPE caches equal transformers' cos/sin for plain, linear, llama3 and YaRN scaling."""
 
 from __future__ import annotations
 
@@ -16,6 +16,23 @@ SCALINGS = {
         "factor": 8.0,
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+    # GPT-OSS style: no truncation of the correction range.
+    "yarn": {
+        "rope_type": "yarn",
+        "factor": 32.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "truncate": False,
+        "original_max_position_embeddings": 64,
+    },
+    # DeepSeek-V3 style: mscale / mscale_all_dim set the attention factor (here != 1).
+    "yarn-mscale": {
+        "rope_type": "yarn",
+        "factor": 40.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 0.5,
         "original_max_position_embeddings": 64,
     },
 }
@@ -52,8 +69,8 @@ def test_partial_rotary_leaves_the_tail_alone():
 
 
 def test_unsupported_rope_type_names_it():
-    with pytest.raises(ValueError, match="'yarn'.*_INV_FREQ"):
-        get_rope(16, 16, 32, 10000.0, scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ValueError, match="'longrope'.*_INV_FREQ"):
+        get_rope(16, 16, 32, 10000.0, scaling={"rope_type": "longrope", "factor": 4.0})
     with pytest.raises(ValueError, match="rotary_dim=7"):
         get_rope(16, 7, 32, 10000.0)
 
