@@ -8,13 +8,17 @@ namespace atom {
 
 namespace {
 
-// weight: [hidden] of any float dtype on x's device; returned contiguous.
+// weight: [hidden] of any float dtype on x's device. Returned contiguous, in x's dtype or fp32
+// (the two the kernels specialize for; any other float dtype converts to fp32 exactly).
 at::Tensor checked_weight(const at::Tensor& weight, const at::Tensor& x, const char* name) {
   check_dim(weight, name, 1);
   TORCH_CHECK_VALUE(weight.size(0) == x.size(-1), "atom: ", name, " has ", weight.size(0),
                     " elements but the hidden size is ", x.size(-1));
   check_device(weight, name, x, "x");
   float_dtype(weight, name);
+  if (weight.scalar_type() != x.scalar_type() && weight.scalar_type() != at::kFloat) {
+    return weight.to(at::kFloat).contiguous();
+  }
   return weight.contiguous();
 }
 

@@ -8,8 +8,41 @@ namespace atom::gpu {
 
 namespace {
 
-// Enough threads that each holds ~2 vectors of the row, so the row stays in registers.
-int norm_threads(int64_t num_vecs) { return block_threads(ceil_div(num_vecs, 2), 1024); }
+// Enough threads that each holds at most kNormCachedVectors vectors of the row in registers.
+int norm_threads(int64_t num_vecs) {
+  return block_threads(ceil_div(num_vecs, kNormCachedVectors), 1024);
+}
+
+// Calls fn(W{}) with the weight's element traits: the activations' or fp32 (the glue converts
+// any other weight dtype to fp32).
+template <typename T, typename Fn>
+void dispatch_weight(DType weight_dtype, DType dtype, const char* op, Fn&& fn) {
+  if (weight_dtype == dtype) {
+    fn(T{});
+  } else if (weight_dtype == DType::kFloat32) {
+    fn(F32{});
+  } else {
+    throw std::invalid_argument(std::string("atom: ") + op +
+                                ": the weight must have x's dtype or be float32");
+  }
+}
+
+// Launches kernel<T, W, V> (16-byte vectors) when x, out and the weight allow it, else <T, W, 1>.
+template <typename T, typename W, typename Params, typename Wide, typename Narrow>
+void launch_norm(const Params& p, bool rows_aligned, void* stream, Wide wide_kernel,
+                 Narrow narrow_kernel) {
+  using S = typename T::storage;
+  constexpr int V = 16 / sizeof(S);
+  const bool wide = rows_aligned && p.hidden % V == 0 &&
+                    vector_aligned(p.weight, sizeof(typename W::storage), V, {});
+  const int64_t num_vecs = wide ? p.hidden / V : p.hidden;
+  const auto s = static_cast<gpuStream_t>(stream);
+  if (wide) {
+    wide_kernel<<<p.rows, norm_threads(num_vecs), 0, s>>>(p);
+  } else {
+    narrow_kernel<<<p.rows, norm_threads(num_vecs), 0, s>>>(p);
+  }
+}
 
 }  // namespace
 
@@ -19,15 +52,12 @@ void rms_norm(const RmsNormParams& p, void* stream) {
     using T = decltype(t);
     using S = typename T::storage;
     constexpr int V = 16 / sizeof(S);
-    const bool wide = p.hidden % V == 0 && vector_aligned(p.x, sizeof(S), V, {p.x_row_stride}) &&
-                      vector_aligned(p.out, sizeof(S), V, {p.out_row_stride});
-    const int64_t num_vecs = wide ? p.hidden / V : p.hidden;
-    const auto s = static_cast<gpuStream_t>(stream);
-    if (wide) {
-      rms_norm_kernel<T, V><<<p.rows, norm_threads(num_vecs), 0, s>>>(p);
-    } else {
-      rms_norm_kernel<T, 1><<<p.rows, norm_threads(num_vecs), 0, s>>>(p);
-    }
+    dispatch_weight<T>(p.weight_dtype, p.dtype, "rms_norm", [&](auto w) {
+      using W = decltype(w);
+      const bool aligned = vector_aligned(p.x, sizeof(S), V, {p.x_row_stride}) &&
+                           vector_aligned(p.out, sizeof(S), V, {p.out_row_stride});
+      launch_norm<T, W>(p, aligned, stream, rms_norm_kernel<T, W, V>, rms_norm_kernel<T, W, 1>);
+    });
   });
   check_launch("rms_norm");
 }
@@ -38,15 +68,13 @@ void fused_add_rms_norm(const FusedAddRmsNormParams& p, void* stream) {
     using T = decltype(t);
     using S = typename T::storage;
     constexpr int V = 16 / sizeof(S);
-    const bool wide = p.hidden % V == 0 && vector_aligned(p.x, sizeof(S), V, {p.x_row_stride}) &&
-                      vector_aligned(p.residual, sizeof(S), V, {p.residual_row_stride});
-    const int64_t num_vecs = wide ? p.hidden / V : p.hidden;
-    const auto s = static_cast<gpuStream_t>(stream);
-    if (wide) {
-      fused_add_rms_norm_kernel<T, V><<<p.rows, norm_threads(num_vecs), 0, s>>>(p);
-    } else {
-      fused_add_rms_norm_kernel<T, 1><<<p.rows, norm_threads(num_vecs), 0, s>>>(p);
-    }
+    dispatch_weight<T>(p.weight_dtype, p.dtype, "fused_add_rms_norm", [&](auto w) {
+      using W = decltype(w);
+      const bool aligned = vector_aligned(p.x, sizeof(S), V, {p.x_row_stride}) &&
+                           vector_aligned(p.residual, sizeof(S), V, {p.residual_row_stride});
+      launch_norm<T, W>(p, aligned, stream, fused_add_rms_norm_kernel<T, W, V>,
+                        fused_add_rms_norm_kernel<T, W, 1>);
+    });
   });
   check_launch("fused_add_rms_norm");
 }
