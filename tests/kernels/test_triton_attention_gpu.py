@@ -38,9 +38,15 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("dtype, cache_dtype", [(torch.bfloat16, None), (torch.bfloat16, FP8),
-                                                (torch.float16, None), (torch.float32, None)])  # fmt: skip
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+COMBOS = [  # (case, q dtype, cache dtype)
+    ("llama3-8b", BF16, None), ("llama3-8b", BF16, FP8), ("llama3-8b", FP16, None),
+    ("llama3-8b", FP32, None), ("qwen3-like-d128-bs32", BF16, None), ("gpt-oss", BF16, None),
+    ("gpt-oss", BF16, FP8), ("gpt-oss", FP32, None), ("d256", BF16, None), ("d80-mha", FP16, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, dtype, cache_dtype", COMBOS)
 @pytest.mark.parametrize("kind", ["mixed", "prefill", "decode"])
 def test_gpu_matches_reference(case, dtype, cache_dtype, kind):
     num_heads, num_kv_heads, head_dim, block_size, window, use_sinks = CASES[case]
