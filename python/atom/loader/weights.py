@@ -15,6 +15,9 @@ every checkpoint tensor under such a module's name goes there (after the renames
 packed mapping), and its ``missing_checkpoint_parts()`` replaces the per-parameter completeness
 check for its parameters.
 
+MXFP4-packed pairs (``X_blocks`` + ``X_scales``, GPT-OSS's experts) arrive dequantised, as the
+bf16 tensor ``X`` (atom/loader/mxfp4.py).
+
 Every other parameter is loaded by its ``weight_loader(param, tensor)`` (sharded layers) or a
 plain shape-checked copy. A checkpoint tensor that maps to no parameter, or a parameter that no
 tensor fills, raises ValueError naming it. With tied embeddings the LM head shares the embedding
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from atom.layers.linear import default_weight_loader
+from atom.loader.mxfp4 import dequantize_packed_pairs
 
 _ALWAYS_SKIPPED = (r"rotary_emb\.inv_freq$",)
 
@@ -94,7 +98,7 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
     tied = getattr(model, "tie_word_embeddings", False)
     owners = _checkpoint_owners(model)
     filled: set[str] = set()
-    for ckpt_name, tensor in weights:
+    for ckpt_name, tensor in dequantize_packed_pairs(weights):
         if any(p.search(ckpt_name) for p in skips):
             continue
         name = _rename(ckpt_name, renames)

@@ -9,7 +9,8 @@
   out = ((up + 1) * gate * sigmoid(alpha * gate)) W_d + b_d, alpha = 1.702, limit = 7.
 No shared experts, no dense layers. Expert weights load from the bf16 layout transformers saves
 (``experts.gate_up_proj`` [E, hidden, 2I] interleaved, ``experts.down_proj`` [E, I, hidden] and
-their biases); the MXFP4-packed originals (``*_blocks`` / ``*_scales``) are not supported.
+their biases) or from the MXFP4-packed originals (``*_blocks`` / ``*_scales``), which the loader
+dequantises to that layout (atom/loader/mxfp4.py); the experts then run in the model's dtype.
 Matches transformers' models/gpt_oss/modeling_gpt_oss.py.
 """
 
