@@ -136,7 +136,7 @@ def test_fp8_cache(lens, num_splits, dtype):
     check_against_reference(batch, dtype, **kwargs)
 
 
-@pytest.mark.parametrize("head_dim", [128, 80])
+@pytest.mark.parametrize("head_dim", [128, 80, 192])  # 192: the MLA naive path (DeepSeek)
 def test_other_head_dims(head_dim):
     batch = make_paged_batch(*MIXED, 4, 2, head_dim, 16, torch.float16, device=DEVICE)
     check_against_reference(batch, torch.float16, scale=head_dim**-0.5)

@@ -60,6 +60,14 @@ VARIANTS = [
     Variant("prefill fp32 d64 group 3", "unified", "fp32", "fp32", 64, 3, 32, 32, 8, 1),
     Variant("prefill bf16 d80", "unified", head_dim=80),
     Variant("prefill bf16 d256", "unified", head_dim=256, block_n=32, num_stages=2),
+    Variant(
+        "prefill bf16 d192 mha (MLA naive)",
+        "unified",
+        head_dim=192,
+        group=1,
+        block_n=32,
+        num_stages=2,
+    ),  # fmt: skip
     Variant("decode bf16 d128", "decode", num_warps=4),
     Variant(
         "decode bf16 split 8 + window + sinks",
