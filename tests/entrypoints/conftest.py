@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-123"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-MAX_MODEL_LEN = 1024
+MAX_MODEL_LEN = 512
 NUM_KV_BLOCKS = 384
 MAX_REQUEST_BYTES = 1_000_000
 _STARTUP_TIMEOUT_S = 300

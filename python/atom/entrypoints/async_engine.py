@@ -151,8 +151,10 @@ class AsyncEngine:
             loop.call_soon_threadsafe(_resolve, future, result, error)
 
         self._commands.put(command)
-        if not self._thread.is_alive():
-            self._run_commands()  # nobody else will: each answers EngineDeadError
+        if self._error is not None or not self._thread.is_alive():
+            # The engine thread sets _error before its last drain of the queue, so a command
+            # queued after that drain is seen here; run on this thread, each answers dead.
+            self._run_commands()
         return await future
 
     async def get_stats(self) -> EngineStats:
