@@ -178,15 +178,7 @@ def test_reference_is_absorbed_mla():
     Covers several new tokens per sequence (causal), which the reference also accepts."""
     g = torch.Generator().manual_seed(0)
     heads, lora, rope, nope, v_dim, bs = 3, 12, 4, 8, 6, 4
-    batch = latent_batch([3, 1], [10, 7], heads, lora, rope, bs, torch.float32, seed=2)
-    batch.q, batch.key_cache = batch.q.cpu(), batch.key_cache.cpu()
-    batch.meta = AttentionMetadata(
-        *(t.cpu() for t in vars(batch.meta).values() if isinstance(t, torch.Tensor)),
-        3,
-        10,
-        [10, 7],
-        [3, 1],
-    )
+    batch = make_paged_batch([3, 1], [10, 7], heads, 1, lora + rope, bs, torch.float32, seed=2)
     w_uk = torch.randn(heads, nope, lora, generator=g)
     w_uv = torch.randn(heads, v_dim, lora, generator=g)
     n = batch.num_real_tokens
