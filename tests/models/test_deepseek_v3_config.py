@@ -146,3 +146,12 @@ def test_checkpoint_rules(tmp_path):
     save_file(weights, file, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="kv_b_proj"):
         build_model(ModelConfig.from_pretrained(folder), "cpu")
+
+
+def test_no_shared_experts_and_routing_check(tmp_path):
+    folder = write_tiny(tmp_path / "a", n_shared_experts=0)
+    model = build_model(ModelConfig.from_pretrained(folder), "cpu")
+    assert model.model.layers[1].mlp.shared_experts is None
+    folder = write_tiny(tmp_path / "b", scoring_func="softmax")
+    with pytest.raises(ValueError, match="scoring_func"):
+        build_model(ModelConfig.from_pretrained(folder), "cpu")

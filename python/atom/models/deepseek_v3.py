@@ -39,7 +39,12 @@ class DeepseekV3MLP(nn.Module):
 class DeepseekV3MoE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        c = config
+        c, hf = config, config.hf_config
+        # DeepSeek-V2's softmax / greedy routing is another architecture (DeepseekV2ForCausalLM).
+        for name, expected in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")):
+            value = getattr(hf, name, expected)
+            if value != expected:
+                raise ValueError(f"DeepseekV3 routing needs {name}={expected!r}, got {value!r}")
         # The gate stays fp32 whatever the model dtype (transformers: _keep_in_fp32_modules_strict).
         self.gate = MoeRouter(
             c.hidden_size, c.num_experts, c.num_experts_per_tok, scoring="sigmoid_grouped",
@@ -133,9 +138,10 @@ class DeepseekV3ForCausalLM(nn.Module):
         # DeepSeek-V3 checkpoints carry the MTP module(s) as layers N.. (speculative decoding).
         num_mtp = getattr(hf, "num_nextn_predict_layers", None) or getattr(hf, "num_mtp_layers", 0)
         first = config.num_hidden_layers
-        self.skip_checkpoint_weights = tuple(
-            rf"^model\.layers\.{i}\." for i in range(first, first + num_mtp)
-        )
+        skips = [rf"^model\.layers\.{i}\." for i in range(first, first + num_mtp)]
+        if not config.n_shared_experts:  # transformers still saves empty shared-expert tensors
+            skips.append(r"\.mlp\.shared_experts\.")
+        self.skip_checkpoint_weights = tuple(skips)
         self.model = DeepseekV3Model(config)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
         if config.tie_word_embeddings:
