@@ -264,6 +264,8 @@ def decode_attention(
     num_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = key_cache.shape
     num_seqs = seq_lens.shape[0]
+    if not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits={num_splits} must be in [1, {MAX_SPLITS}]")
     if num_seqs == 0:
         return out
     group = num_heads // num_kv_heads

@@ -20,6 +20,7 @@ Block ids are widened to int64 before multiplying by the block stride: a large c
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -152,11 +153,5 @@ def dot_settings(q) -> tuple[str, bool]:
     bf16 operands are rounded to nearest even explicitly and kept in fp32: the same products,
     accumulated in fp32 as the tensor cores do, and the same rounding as on a GPU.
     """
-    import torch
-
     upcast = q.device.type == "cpu" and q.dtype == torch.bfloat16
     return ("ieee" if q.dtype == torch.float32 or upcast else "tf32"), upcast
-
-
-def next_power_of_2(n: int) -> int:
-    return triton.next_power_of_2(n)
