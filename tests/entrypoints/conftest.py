@@ -1,5 +1,5 @@
 """One real server process for the whole session: the embedded SmolLM2 on 127.0.0.1, a free port,
-an API key, a small KV cache, a 1024-token context, and a torch profiler directory."""
+an API key, a small KV cache, a 512-token context, prefix caching, and a torch profiler directory."""
 
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def server(tmp_path_factory) -> Server:
         "--max-model-len", str(MAX_MODEL_LEN), "--num-kv-blocks", str(NUM_KV_BLOCKS),
         "--max-request-bytes", str(MAX_REQUEST_BYTES),
         "--torch-profiler-dir", str(profile_dir), "--uvicorn-log-level", "warning",
+        "--enable-prefix-caching",
     ]  # fmt: skip
     with log_path.open("w") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)

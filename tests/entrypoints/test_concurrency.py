@@ -132,3 +132,22 @@ def test_event_loop_answers_while_the_engine_works(server):
     latencies, health = asyncio.run(run())
     assert max(latencies) < 2.0, latencies
     assert health["engine"]["running"] == 1
+
+
+def test_prefix_cache_hits_show_in_usage_and_metrics(server):
+    before = httpx.get(server.url + "/metrics", timeout=30).text
+    prompt = "A long shared preamble that several requests repeat word for word. " * 4
+    body = {"prompt": prompt, "max_tokens": 2, "temperature": 0}
+    first = httpx.post(
+        server.url + "/v1/completions", json=body, headers=server.headers, timeout=60
+    )
+    second = httpx.post(
+        server.url + "/v1/completions", json=body, headers=server.headers, timeout=60
+    )
+    assert first.json()["choices"][0]["text"] == second.json()["choices"][0]["text"]
+    prompt_tokens = second.json()["usage"]["prompt_tokens"]
+    cached = second.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert prompt_tokens > 32 and cached >= 32  # the full 16-token blocks of the repeated prompt
+    after = httpx.get(server.url + "/metrics", timeout=30).text
+    assert metric(after, "atom:prefix_cache_hits") - metric(before, "atom:prefix_cache_hits") >= 32
+    assert 0 < metric(after, "atom:prefix_cache_hit_rate") <= 1
