@@ -208,7 +208,7 @@ def test_engine_greedy_matches_hf(make_tiny_deepseek, variant):
     batch = [a + b, c, a + c[:5]]
     engine = LLMEngine(
         model=str(folder), block_size=4, max_num_batched_tokens=16, enable_prefix_caching=True,
-        cpu_kv_cache_bytes=4 << 20, max_model_len=128,
+        num_kv_blocks=256, max_model_len=128,
     )  # fmt: skip
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
     expected = [hf_greedy(folder, p, 32) for p in batch]
