@@ -167,7 +167,6 @@ def build_app(ctx: ServingContext, api_key: str | None = None,
     wrapped: Any = BodySizeLimit(app, max_body_bytes)
     if api_key:
         wrapped = APIKeyAuth(wrapped, api_key)
-    wrapped.fastapi_app = app
     return wrapped
 
 

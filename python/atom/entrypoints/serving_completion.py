@@ -45,16 +45,13 @@ class _CompletionJob:
         self.ctx, self.req = ctx, req
         self.prompt_ids: list[list[int]] = []
         self.prompt_texts: list[str] = []
-        for i, prompt in enumerate(req.prompts()):
-            where = "prompt" if len(req.prompts()) == 1 else f"prompt[{i}]"
-            if isinstance(prompt, str):
-                ids = ctx.tokenizer.encode(prompt)
-                text = prompt
-            else:
-                ids = list(prompt)
-                check_prompt_ids(ctx, ids, where)
-                text = ctx.tokenizer.decode(ids, skip_special_tokens=False)
+        prompts = req.prompts()
+        for i, prompt in enumerate(prompts):
+            where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            # Text is tokenized as LLMEngine does (special tokens added); ids are taken as given.
+            ids = ctx.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             check_prompt_ids(ctx, ids, where)
+            text = prompt if isinstance(prompt, str) else ctx.tokenizer.decode(ids)
             self.prompt_ids.append(ids)
             self.prompt_texts.append(text)
         # Scoring only: generate nothing visible (the engine makes one hidden token).
