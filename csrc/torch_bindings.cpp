@@ -56,8 +56,14 @@ TORCH_LIBRARY_IMPL(atom, CUDA, m) { ATOM_IMPL_ALL(m); }  // ROCm tensors are "cu
 
 // A plain extension module (no pybind11): `import atom._C` loads this library, which registers
 // the ops above, and exposes what the build targets.
-static PyModuleDef atom_c_module = {PyModuleDef_HEAD_INIT, "_C",
-                                    "ATOM's compiled ops, registered as torch.ops.atom.*", -1,
+static PyModuleDef atom_c_module = {PyModuleDef_HEAD_INIT,
+                                    "_C",
+                                    "ATOM's compiled ops, registered as torch.ops.atom.*",
+                                    -1,
+                                    nullptr,
+                                    nullptr,
+                                    nullptr,
+                                    nullptr,
                                     nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) {
