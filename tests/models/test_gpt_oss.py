@@ -10,9 +10,9 @@ import torch
 from hf_compare import (
     REPO,
     atom_model,
-    check_bf16_prefill_gpu,
+    check_bf16_prefill,
     check_engine_greedy,
-    check_engine_greedy_gpu,
+    check_on_gpu,
     check_prefill_and_decode,
     hf_logits,
     hf_model,
@@ -86,8 +86,11 @@ def test_layout(folder):
     )
 
 
+def test_bf16_is_as_close_to_fp32_as_transformers_bf16(folder):
+    check_bf16_prefill(folder("base"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["base", "mqa-window7"])
 def test_on_gpu_fp32_greedy_and_bf16_logits(folder, variant):
-    check_engine_greedy_gpu(folder(variant))
-    check_bf16_prefill_gpu(folder(variant))
+    check_on_gpu(folder(variant))

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from hf_compare import (
     REPO,
-    check_bf16_prefill_gpu,
+    check_bf16_prefill,
     check_engine_greedy,
-    check_engine_greedy_gpu,
+    check_on_gpu,
     check_prefill_and_decode,
     hf_logits,
     hf_model,
@@ -68,8 +68,11 @@ def test_sliding_layers_come_from_layer_types(folder):
     assert (full[:6] - windowed[:6]).abs().max() < 1e-5  # same weights: equal inside the window
 
 
+def test_bf16_is_as_close_to_fp32_as_transformers_bf16(folder):
+    check_bf16_prefill(folder("base"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["base", "sliding"])
 def test_on_gpu_fp32_greedy_and_bf16_logits(folder, variant):
-    check_engine_greedy_gpu(folder(variant))
-    check_bf16_prefill_gpu(folder(variant))
+    check_on_gpu(folder(variant))

@@ -10,9 +10,9 @@ import torch
 from hf_compare import (
     REPO,
     atom_model,
-    check_bf16_prefill_gpu,
+    check_bf16_prefill,
     check_engine_greedy,
-    check_engine_greedy_gpu,
+    check_on_gpu,
     check_prefill_and_decode,
     save_tiny_hf,
 )
@@ -91,7 +91,10 @@ def test_expert_weights_land_in_their_slots(folder):
     assert torch.equal(experts.w2[6], tensors[prefix + "down_proj.weight"])
 
 
+def test_bf16_is_as_close_to_fp32_as_transformers_bf16(folder):
+    check_bf16_prefill(folder("base"))
+
+
 @pytest.mark.gpu
 def test_on_gpu_fp32_greedy_and_bf16_logits(folder):
-    check_engine_greedy_gpu(folder("base"))
-    check_bf16_prefill_gpu(folder("base"))
+    check_on_gpu(folder("base"))
