@@ -125,3 +125,17 @@ def test_hf_local_files(tokenizer, tmp_path):
 def test_nonlocal_paths_are_refused(tokenizer, fn):
     with pytest.raises(ValueError, match="local files only"):
         fn("anon8231489123/ShareGPT_Vicuna_unfiltered", tokenizer, 3)
+
+
+def test_hf_saved_dataset_and_parquet(tokenizer, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"question": f"How many legs does animal {i} have?"} for i in range(4)]
+    splits = datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+    splits.save_to_disk(str(tmp_path / "saved"))
+    reqs = sample_hf(str(tmp_path / "saved"), tokenizer, 4, split="test", output_len=5)
+    assert sorted(r.prompt for r in reqs) == sorted(r["question"] for r in rows)
+    with pytest.raises(ValueError, match="split 'train'"):
+        sample_hf(str(tmp_path / "saved"), tokenizer, 1)
+    splits["test"].to_parquet(str(tmp_path / "rows.parquet"))
+    reqs = sample_hf(str(tmp_path / "rows.parquet"), tokenizer, 2, output_len=5)
+    assert {r.prompt for r in reqs} <= {r["question"] for r in rows}
