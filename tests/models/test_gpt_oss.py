@@ -5,6 +5,8 @@ over the paged cache and greedy tokens through LLMEngine."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hf_compare import (
@@ -84,6 +86,25 @@ def test_layout(folder):
     assert torch.allclose(
         cache[0, :half], torch.full((half,), 0.1 * torch.log(torch.tensor(4.0)) + 1)
     )
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton kernels on the CPU"
+)
+def test_through_the_triton_kernels_under_the_interpreter(folder, monkeypatch):
+    """The GPU path on the CPU: paged attention (window + sinks) and the fused MoE (clamped
+    SwiGLU with biases) from their Triton kernels, run by the Triton interpreter."""
+    import atom.kernels
+    import atom.kernels.triton  # noqa: F401  (registers the Triton implementations)
+    from atom.kernels import registry
+
+    triton_ops = ("paged_attention", "fused_moe")
+
+    def pick(op: str, device_type: str):
+        return registry.get(op, "triton") if op in triton_ops else registry.pick(op, device_type)
+
+    monkeypatch.setattr(atom.kernels, "pick", pick)
+    check_prefill_and_decode(folder("base"), atol=5e-5, decode_steps=1)
 
 
 def test_bf16_is_as_close_to_fp32_as_transformers_bf16(folder):
