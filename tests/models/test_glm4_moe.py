@@ -95,5 +95,6 @@ def test_bf16_is_as_close_to_fp32_as_transformers_bf16(folder):
 
 
 @pytest.mark.gpu
-def test_on_gpu_fp32_greedy_and_bf16_logits(folder):
-    check_on_gpu(folder("base"))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_on_gpu_fp32_greedy_and_bf16_logits(folder, variant):
+    check_on_gpu(folder(variant))
