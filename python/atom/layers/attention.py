@@ -13,7 +13,8 @@ optional per-head q/k RMSNorm and RoPE and writes this step's k, v into the cach
 (atom.kernels.fused_qk_norm_rope_cache; a plain reshape_and_cache without RoPE), then attends over
 the cache (atom.kernels.paged_attention). Returns [T, Hq*D] in q's dtype.
 
-Flags: ``rotary_emb`` (RoPE applied here, fused with the cache write), ``qk_norm`` (per-head RMSNorm
+Flags: ``rotary_emb`` (RoPE applied here, fused with the cache write; a rotary_dim below head_dim
+turns only the first rotary_dim features, GLM's partial rotary), ``qk_norm`` (per-head RMSNorm
 weights ``q_norm.weight``/``k_norm.weight`` [D], Qwen3 style), ``sliding_window`` (attend only to the
 last W positions), ``sinks`` (a learned per-head logit ``sinks`` [Hq] that joins the softmax, GPT-OSS).
 """
