@@ -183,15 +183,25 @@ def _check_complete(
         raise ValueError(f"the checkpoint has no weights for {len(missing)} parameters: {shown}")
 
 
+_CPU_DRAW_LIMIT = 1 << 22
+
+
 def load_dummy_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> None:
-    """Fills every parameter with seeded N(0, std^2) values (norm weights with 1 + N(0, std^2)),
-    drawn on the CPU in fp32 so the same seed gives the same weights on every device."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    """Fills every parameter with seeded N(0, std^2) values (norm weights with 1 + N(0, std^2)).
+
+    Parameters up to ``_CPU_DRAW_LIMIT`` elements are drawn on the CPU in fp32, so a small model gets
+    the same weights on every device (tests rely on it); larger ones are drawn on their own device,
+    since drawing an 8B model on the CPU takes minutes (same seed, same device: same weights)."""
+    generators: dict[torch.device, torch.Generator] = {}
     for name, param in model.named_parameters():
-        values = torch.randn(param.shape, generator=generator, dtype=torch.float32) * std
-        owner = name.rpartition(".")[0].rpartition(".")[
-            2
-        ]  # "input_layernorm" of "...input_layernorm.weight"
+        device = param.device if param.numel() > _CPU_DRAW_LIMIT else torch.device("cpu")
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed)
+        values = torch.randn(
+            param.shape, generator=generators[device], dtype=torch.float32, device=device
+        )
+        values *= std
+        owner = name.rpartition(".")[0].rpartition(".")[2]  # "input_layernorm" of "...weight"
         if "norm" in owner:
             values += 1.0
         param.data.copy_(values)
