@@ -69,7 +69,7 @@ def attend_kv_tile(
     kv_lo,  # keys outside [kv_lo, kv_hi) are never loaded (RANGE_MASK)
     kv_hi,
     window,  # sliding window W: row p sees keys j with p - j < W (POS_MASK and USE_WINDOW)
-    qk_scale,  # softmax_scale * k_scale * log2(e)
+    qk_scale,  # softmax_scale * k_scale * log2(e), > 0
     stride_k_block,
     stride_k_tok,
     stride_v_block,
@@ -111,20 +111,21 @@ def attend_kv_tile(
         k = tl.load(k_ptrs)
 
     k = _dot_operand(k, q.dtype, CPU_BF16)
-    s = tl.dot(_dot_operand(q, q.dtype, CPU_BF16), tl.trans(k), input_precision=DOT_PRECISION)
-    s = s * qk_scale
+    qk = tl.dot(_dot_operand(q, q.dtype, CPU_BF16), tl.trans(k), input_precision=DOT_PRECISION)
     if RANGE_MASK:
-        s = tl.where(in_range[None, :], s, float("-inf"))
+        qk = tl.where(in_range[None, :], qk, float("-inf"))
     if POS_MASK:
         visible = kv_pos[None, :] <= q_pos[:, None]
         if USE_WINDOW:
             visible = visible & (q_pos[:, None] - kv_pos[None, :] < window)
-        s = tl.where(visible, s, float("-inf"))
+        qk = tl.where(visible, qk, float("-inf"))
 
-    # m_i starts finite (see the kernels), so a fully masked row gives 2^(-inf - m) = 0, never NaN.
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # The scale is applied inside the exponent, s_j - m' = qk_j * qk_scale - m', one FMA per score
+    # (qk_scale > 0, so the row max commutes with it). m_i starts finite (see the kernels), so a
+    # fully masked row gives 2^(-inf - m) = 0, never NaN.
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    p = tl.exp2(qk * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
 
     if RANGE_MASK:

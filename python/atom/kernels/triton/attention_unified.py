@@ -48,12 +48,18 @@ class UnifiedConfig:
 
 
 def default_unified_config(
-    max_seqlen_q: int, group: int, head_dim_pad: int, dtype: torch.dtype
+    max_seqlen_q: int,
+    group: int,
+    head_dim_pad: int,
+    dtype: torch.dtype,
+    fp8_cache: bool = False,
+    window_or_sinks: bool = False,
 ) -> UnifiedConfig:
     """Smaller row tiles for short queries (decode rows, spec-decode chunks) so fewer rows are
-    padding; 128-row tiles (two warpgroups of wgmma on Hopper) for real prefill. fp32 (a
-    correctness path: no tensor-core dot) uses small tiles that fit the registers without spills
-    (checked with ptxas for sm90)."""
+    padding; 128-row tiles (two warpgroups of wgmma on Hopper) for real prefill, with 128-key
+    steps where they fit the registers (the best measured on the H100: 310 TFLOP/s vs 284 with 64
+    keys, 4096 causal tokens, d128). Every default is spill-free on sm90 (compile_check). fp32
+    (a correctness path: no tensor-core dot) uses small tiles."""
     rows = max_seqlen_q * group
     if dtype == torch.float32:
         block_m = max(16 if rows <= 16 else 32, triton.next_power_of_2(group))
@@ -62,10 +68,10 @@ def default_unified_config(
     while block_m < min(rows, 128):
         block_m *= 2
     block_m = max(block_m, triton.next_power_of_2(group))
-    block_n = 32 if head_dim_pad >= 256 else 64
-    num_warps = 8 if block_m >= 128 else 4
-    num_stages = 2 if head_dim_pad >= 256 else 3
-    return UnifiedConfig(block_m, block_n, num_warps, num_stages)
+    if head_dim_pad >= 256:
+        return UnifiedConfig(block_m, 32, 8 if block_m >= 128 else 4, 2)
+    wide = block_m >= 128 and not fp8_cache and not window_or_sinks
+    return UnifiedConfig(block_m, 128 if wide else 64, 8 if block_m >= 128 else 4, 3)
 
 
 @triton.jit
@@ -234,7 +240,10 @@ def unified_attention(
     num_seqs = seq_lens.shape[0]
     group = num_heads // num_kv_heads
     d_pad = max(16, triton.next_power_of_2(head_dim))
-    cfg = config or default_unified_config(max_seqlen_q, group, d_pad, q.dtype)
+    cfg = config or default_unified_config(
+        max_seqlen_q, group, d_pad, q.dtype, key_cache.element_size() == 1,
+        sliding_window is not None or sinks is not None,
+    )  # fmt: skip
     if cfg.block_m < group or cfg.block_m & (cfg.block_m - 1) or cfg.block_m < 16:
         raise ValueError(f"block_m={cfg.block_m} must be a power of two >= max(16, GROUP={group})")
     block_q = cfg.block_m // group

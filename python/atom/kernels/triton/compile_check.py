@@ -47,7 +47,8 @@ class Variant:
 
 # The default configs of each path (attention_unified / attention_decode), one per feature.
 VARIANTS = [
-    Variant("prefill bf16 d128", "unified"),
+    Variant("prefill bf16 d128", "unified", block_n=128),
+    Variant("prefill bf16 d128 window + sinks", "unified", window=True, sinks=True),
     Variant(
         "prefill fp8 cache + window + sinks",
         "unified",
@@ -58,7 +59,7 @@ VARIANTS = [
     ),  # fmt: skip
     Variant("mixed rows fp16 d64 group 8", "unified", "fp16", "fp16", 64, 8, 16, 64, 4, 3),
     Variant("prefill fp32 d64 group 3", "unified", "fp32", "fp32", 64, 3, 32, 32, 8, 1),
-    Variant("prefill bf16 d80", "unified", head_dim=80),
+    Variant("prefill bf16 d80", "unified", head_dim=80, block_n=128),
     Variant("prefill bf16 d256", "unified", head_dim=256, block_n=32, num_stages=2),
     Variant(
         "prefill bf16 d192 mha (MLA naive)",
@@ -68,16 +69,25 @@ VARIANTS = [
         block_n=32,
         num_stages=2,
     ),  # fmt: skip
-    Variant("decode bf16 d128", "decode", num_warps=4),
+    Variant("decode bf16 d128", "decode", num_warps=4, num_stages=2),
     Variant(
         "decode bf16 split 8 + window + sinks",
         "decode",
         num_warps=4,
+        num_stages=2,
         num_splits=8,
         window=True,
         sinks=True,
     ),  # fmt: skip
-    Variant("decode fp8 cache", "decode", cache="fp8e4nv", num_warps=4, scales=True),
+    Variant(
+        "decode fp8 cache",
+        "decode",
+        cache="fp8e4nv",
+        block_n=128,
+        num_warps=4,
+        num_stages=2,
+        scales=True,
+    ),  # fmt: skip
     Variant("decode fp32 d64", "decode", "fp32", "fp32", 64, 3, block_n=16, num_stages=2),
     Variant(
         "combine bf16 d128 split 8",

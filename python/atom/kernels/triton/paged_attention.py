@@ -111,8 +111,8 @@ def check_inputs(
     if block_tables.shape[1] > 0 and block_tables.stride(1) != 1:
         raise ValueError(f"block_tables rows must be contiguous, strides {block_tables.stride()}")
 
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
+    if not (math.isfinite(scale) and scale > 0):  # the kernels rely on scale > 0 (max commutes)
+        raise ValueError(f"scale must be finite and positive, got {scale}")
     if sliding_window is not None and (int(sliding_window) != sliding_window or sliding_window < 1):
         raise ValueError(f"sliding_window must be None or an integer >= 1, got {sliding_window}")
     if sinks is not None:
