@@ -121,7 +121,9 @@ def run_timed(label, fn, check, device, timer=time_ms):
         return None
 
 
-def bench_decode(shape, device, copy_bw, cache_dtype=None, batch=None, sweep=True) -> dict:
+def bench_decode(
+    shape, device, copy_bw, cache_dtype=None, batch=None, sweep=True, split_sweep=(1, 2, 4, 8, 16)
+) -> dict:
     """Decode attention of ``batch`` sequences at the full context, timed as CUDA-graph replays."""
     batch = batch or shape["batch"]
     h, hkv, d, ctx = shape["heads"], shape["kv_heads"], shape["head_dim"], shape["context"]
@@ -153,7 +155,7 @@ def bench_decode(shape, device, copy_bw, cache_dtype=None, batch=None, sweep=Tru
     if not runs:
         sys.exit("every decode config failed")
     best_cfg = min(runs.values(), key=lambda r: r[2])[0]
-    for splits in [1, 2, 4, 8, 16] if sweep else []:
+    for splits in split_sweep:
         r = run_timed(f"splits={splits}", call(best_cfg, splits), check, device, time_graph_ms)
         if r:
             runs[f"{decode_name(best_cfg)}/splits={splits}"] = (best_cfg, splits, *r)
@@ -251,10 +253,16 @@ def main() -> None:
     print(f"{device_name}: {_num_sms(torch.device(device))} SMs, copy bandwidth {copy_bw:.0f} GB/s")
 
     fp8 = torch.float8_e4m3fnuz if getattr(torch.version, "hip", None) else torch.float8_e4m3fn
-    decode = bench_decode(shape, device, copy_bw, sweep=sweep)
-    decode_fp8 = bench_decode(shape, device, copy_bw, cache_dtype=fp8, sweep=sweep)
-    other_batches = [bench_decode(shape, device, copy_bw, batch=n, sweep=False)
-                     for n in ([1, 8, 256] if sweep else [1])]  # fmt: skip
+    decode = bench_decode(
+        shape, device, copy_bw, sweep=sweep, split_sweep=(1, 2, 4, 8) if sweep else ()
+    )
+    decode_fp8 = bench_decode(shape, device, copy_bw, cache_dtype=fp8, sweep=sweep,
+                              split_sweep=(1, 2, 4) if sweep else ())  # fmt: skip
+    # Small batches: the default config, and the split counts around the default heuristic.
+    other_batches = [bench_decode(shape, device, copy_bw, batch=n, sweep=False,
+                                  split_sweep=splits if sweep else ())
+                     for n, splits in ([(1, (8, 16, 32, 64)), (8, (4, 8, 16)), (256, ())]
+                                       if sweep else [(1, ())])]  # fmt: skip
     prefill = bench_prefill(shape, device, shape["prefill"], 0, sweep=sweep)
     chunked = bench_prefill(shape, device, shape["prefill"] // 4, 3 * shape["prefill"] // 4,
                             sweep=False)  # fmt: skip
@@ -262,11 +270,11 @@ def main() -> None:
     print(
         "\ndecode (CUDA-graph replays; GB/s of the KV read; copy bandwidth", f"{copy_bw:.0f} GB/s)"
     )
-    print(f"{'cache / config':<36} {'ms':>8} {'GB/s':>8} {'of copy':>8} {'max err':>9}")
-    for row in [decode, decode_fp8]:
+    print(f"{'batch cache config':<42} {'ms':>8} {'GB/s':>8} {'of copy':>8} {'max err':>9}")
+    for row in [decode, decode_fp8, *other_batches]:
         for name, r in row["per_config"].items():
-            label = f"{row['cache_dtype'].replace('torch.', '')} {name}"
-            print(f"{label:<36} {r['ms']:>8.3f} {r['GBps']:>8.0f} {r['GBps'] / copy_bw:>8.0%} "
+            label = f"{row['batch']:>3} {row['cache_dtype'].replace('torch.', '')} {name}"
+            print(f"{label:<42} {r['ms']:>8.3f} {r['GBps']:>8.0f} {r['GBps'] / copy_bw:>8.0%} "
                   f"{r['max_abs_err']:>9.2g}")  # fmt: skip
     for row in [decode, decode_fp8, *other_batches]:
         print(f"batch {row['batch']:>3} ctx {row['context']} {row['cache_dtype']:<20} default "

