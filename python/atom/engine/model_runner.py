@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from atom.config import EngineConfig
+from atom.engine.compile import FastPathPlan, compile_decode_step
+from atom.engine.cuda_graph import DecodeBatch, DecodeGraphs, capture_sizes_for
+from atom.engine.input_buffers import HostStaging
 from atom.engine.sampler import Sampler, SamplerOutput, token_logprobs
 from atom.engine.scheduler import ScheduledSeq, SchedulerOutput
 from atom.engine.sequence import Sequence
@@ -67,6 +70,9 @@ class ModelRunner:
         platform = current_platform()
         self.device = torch.device("cuda", 0) if platform.is_gpu else torch.device("cpu")
         self.block_size = config.block_size
+        self.max_blocks_per_seq = -(-config.max_model_len // config.block_size)
+        self.staging = HostStaging(self.device)
+        self.decode_graphs: DecodeGraphs | None = None  # set by _setup_fast_path
         self.model = build_model(mc, self.device, load_dummy=config.load_dummy)
         self.model.eval()
         self.attn_layers = list(self.model.attention_layers())
@@ -93,6 +99,46 @@ class ModelRunner:
             self.num_blocks, self.block_size,
             self.num_blocks * self.bytes_per_block / 2**20, self.kv_dtype, self.device,
         )  # fmt: skip
+        self.fast_path = self._setup_fast_path()
+        logger.info("decode fast path: %s", self.fast_path)
+
+    # --- decode fast path --------------------------------------------------------------------
+    def _setup_fast_path(self) -> str:
+        """Compiles the decode step and captures its graphs as ``level`` and ``enforce_eager`` ask
+        (atom.engine.compile). Returns what decode steps run as, for logs and benchmarks. A
+        failure falls back one rung (compiled -> eager step, graphs -> none) with a warning."""
+        cfg = self.config
+        plan = FastPathPlan.for_config(cfg.level, cfg.enforce_eager, self.device.type == "cuda")
+        if not (plan.compile or plan.graphs):
+            return "eager"
+        sizes = capture_sizes_for(cfg.cudagraph_capture_sizes, cfg.max_num_seqs)
+        attempts = [(plan.compile, plan.graphs)]
+        if plan.compile and plan.graphs:
+            attempts.append((False, True))
+        notes = []
+        for compiled, graphs in attempts:
+            forward = self.decode_step_forward
+            if compiled:
+                forward = compile_decode_step(self.decode_step_forward)
+            self.decode_graphs = DecodeGraphs(
+                forward, sizes, self.max_blocks_per_seq, cfg.max_model_len, self.device,
+                self.staging, capture=graphs,
+            )  # fmt: skip
+            try:
+                self.decode_graphs.capture()
+            except Exception as e:  # noqa: BLE001 - any failure: fall back, say why
+                what = "torch.compile" if compiled else "graph capture"
+                logger.warning("decode fast path: %s failed, falling back: %r", what, e)
+                notes.append(f"{what} failed: {type(e).__name__}: {str(e)[:200]}")
+                self.decode_graphs = None
+                torch.cuda.synchronize(self.device)
+                continue
+            done = " + ".join(
+                (["torch.compile (inductor)"] if compiled else [])
+                + ([f"CUDA graphs for batch sizes {sizes}"] if graphs else [])
+            )
+            return "; ".join([done, *notes])
+        return "; ".join(["eager", *notes])
 
     # --- KV cache --------------------------------------------------------------------------
     @property
@@ -226,30 +272,34 @@ class ModelRunner:
         sample_seqs: list[Sequence],
         prompt_logprob_rows: list[PromptLogprobRows] | None = None,
     ) -> StepInput:
-        dev = self.device
-        width = max(len(t) for t in block_tables)
-        padded = [t + [0] * (width - len(t)) for t in block_tables]  # pad: a valid block id
+        """Device tensors of the step, each copied once from a pinned host buffer without
+        waiting (atom.engine.input_buffers)."""
+        st = self.staging
+        width = max(1, max(len(t) for t in block_tables))
         cu = [0]
         for n in query_lens:
             cu.append(cu[-1] + n)
+        st.begin()
         meta = AttentionMetadata(
-            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            cu_seqlens_q=st.to_device(st.put("cu_seqlens_q", cu, torch.int32)),
+            seq_lens=st.to_device(st.put("seq_lens", seq_lens, torch.int32)),
+            block_tables=st.to_device(st.put_rows("block_tables", block_tables, width)),
+            slot_mapping=st.to_device(st.put("slot_mapping", slots, torch.int64)),
             max_seqlen_q=max(query_lens),
             max_seqlen_k=max(seq_lens),
             seq_lens_cpu=list(seq_lens),
             query_lens_cpu=list(query_lens),
         )
-        return StepInput(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+        step = StepInput(
+            input_ids=st.to_device(st.put("input_ids", input_ids, torch.int64)),
+            positions=st.to_device(st.put("positions", positions, torch.int64)),
             attn_metadata=meta,
-            logits_indices=torch.tensor(logits_rows, dtype=torch.int64, device=dev),
+            logits_indices=st.to_device(st.put("logits_indices", logits_rows, torch.int64)),
             sample_seqs=sample_seqs,
             prompt_logprob_rows=prompt_logprob_rows or [],
         )
+        st.end()
+        return step
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor:
@@ -257,16 +307,31 @@ class ModelRunner:
         hidden = self.model(step.input_ids, step.positions, step.attn_metadata)  # [T, H]
         return self.model.compute_logits(hidden[step.logits_indices])
 
+    def decode_step_forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The function that CUDA graphs capture (and torch.compile compiles): a decode batch
+        [B] -> (logits [B, vocab] fp32, greedy token ids [B] int64). The argmax rides along in
+        the graph so that a greedy step reads back B integers and launches no sampling kernels."""
+        logits = self.model.compute_logits(self.model(input_ids, positions, meta))
+        return logits, logits.argmax(dim=-1)
+
+    def _uses_decode_path(self, scheduled: list[ScheduledSeq]) -> bool:
+        graphs = self.decode_graphs
+        return (
+            graphs is not None
+            and len(scheduled) <= graphs.max_batch_size
+            and all(s.num_tokens == 1 and not s.seq.wants_prompt_logprobs for s in scheduled)
+        )
+
     @torch.inference_mode()
     def run(self, sched: SchedulerOutput) -> RunnerOutput:
+        if self._uses_decode_path(sched.scheduled):
+            return self._run_decode(sched.scheduled)
         step = self.prepare_inputs(sched.scheduled)
         logits = self.execute(step)
         num_sample = len(step.sample_seqs)
-        sampled: dict[int, tuple[int, dict[int, float] | None]] = {}
-        if num_sample:
-            out: SamplerOutput = self.sampler(logits[:num_sample], step.sample_seqs)
-            for seq, tok, lp in zip(step.sample_seqs, out.token_ids, out.logprobs):
-                sampled[seq.seq_id] = (tok, lp)
+        sampled = self._sample(logits[:num_sample], None, step.sample_seqs)
         prompt_lps: dict[int, list[dict[int, float]]] = {}
         row = num_sample
         for rows in step.prompt_logprob_rows:
@@ -276,3 +341,48 @@ class ModelRunner:
             )
             row += rows.num_rows
         return RunnerOutput(sampled, prompt_lps)
+
+    def _run_decode(self, scheduled: list[ScheduledSeq]) -> RunnerOutput:
+        """A decode-only step on the persistent padded buffers (a CUDA-graph replay on a GPU)."""
+        bs = self.block_size
+        ids, positions, slots, lens, tables = [], [], [], [], []
+        for s in scheduled:
+            seq, p = s.seq, s.start
+            table = seq.block_table
+            ids.append(seq.token_ids[p])
+            positions.append(p)
+            slots.append(table[p // bs] * bs + p % bs)
+            lens.append(p + 1)
+            tables.append(table)
+        logits, greedy = self.decode_graphs.run(DecodeBatch(ids, positions, slots, lens, tables))
+        rows = [i for i, s in enumerate(scheduled) if s.samples]
+        if len(rows) != len(scheduled):  # 1-token prefill chunks that do not sample
+            index = torch.tensor(rows, dtype=torch.int64).to(self.device, non_blocking=True)
+            logits, greedy = logits[index], greedy[index]
+        return RunnerOutput(self._sample(logits, greedy, [scheduled[i].seq for i in rows]), {})
+
+    def _sample(
+        self, logits: torch.Tensor, greedy: torch.Tensor | None, seqs: list[Sequence]
+    ) -> dict[int, tuple[int, dict[int, float] | None]]:
+        """seq_id -> (next token, logprobs) for seqs, row i of logits [len(seqs), V] (and of
+        greedy [len(seqs)], the rows' argmax, when the forward computed it). Steps where every
+        row is plain greedy (no penalties, logprobs or min_tokens left) take the argmax: what
+        the sampler would pick, without its kernels. Reading the tokens is the step's one
+        host-device synchronization."""
+        if not seqs:
+            return {}
+        if all(_plain_greedy(seq) for seq in seqs):
+            tokens = (logits.argmax(dim=-1) if greedy is None else greedy).tolist()
+            return {seq.seq_id: (tok, None) for seq, tok in zip(seqs, tokens)}
+        out: SamplerOutput = self.sampler(logits, seqs)
+        return {seq.seq_id: (tok, lp) for seq, tok, lp in zip(seqs, out.token_ids, out.logprobs)}
+
+
+def _plain_greedy(seq: Sequence) -> bool:
+    p = seq.params
+    return (
+        p.greedy
+        and not p.has_penalties
+        and p.logprobs is None
+        and seq.num_output_tokens >= p.min_tokens
+    )

@@ -12,6 +12,7 @@ import torch
 
 from atom.forward_context import AttentionMetadata
 from atom.kernels import backends as _backends  # noqa: F401  (registers every usable backend)
+from atom.kernels import opaque
 from atom.kernels.registry import pick
 
 
@@ -78,6 +79,10 @@ def paged_attention(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of q [T, Hq, D] over the paged cache (this step's K/V already written)."""
+    if torch.compiler.is_compiling():  # one opaque node for torch.compile (kernels/opaque.py)
+        return opaque.paged_attention(
+            q, key_cache, value_cache, meta, scale, sliding_window, sinks, k_scale, v_scale, out
+        )
     return pick("paged_attention", q.device.type)(
         q, key_cache, value_cache, meta, scale, sliding_window, sinks, k_scale, v_scale, out
     )
@@ -97,6 +102,8 @@ def fused_moe(
     hidden [T, H]; w13 [E, 2I, H] = [gate | up]; w2 [E, H, I]; topk_* [T, k] (fp32, int32; ids
     outside [0, E) are skipped); activation "silu" | "gptoss_swiglu"; optional b13 [E, 2I],
     b2 [E, H]. Returns [T, H] in hidden's dtype (atom/kernels/reference/moe.py)."""
+    if torch.compiler.is_compiling():
+        return opaque.fused_moe(hidden, w13, w2, topk_weights, topk_ids, activation, b13, b2)
     return pick("fused_moe", hidden.device.type)(
         hidden, w13, w2, topk_weights, topk_ids, activation, b13, b2
     )
@@ -115,9 +122,13 @@ def mla_decode(
     kv_cache [num_blocks, block_size, 1, L + R] = [c | k_pe]; returns [T, H, L] =
     sum_j softmax_j(scale * q . kv_j) c_j (atom/kernels/reference/mla.py). Fast kernels take
     decode batches (q_len 0 or 1 per sequence)."""
+    if torch.compiler.is_compiling():
+        return opaque.mla_decode(q, kv_cache, meta, scale, kv_lora_rank, k_scale, out)
     return pick("mla_decode", q.device.type)(q, kv_cache, meta, scale, kv_lora_rank, k_scale, out)
 
 
 def concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping, k_scale=None) -> None:
     """Writes [kv_c [T, L] | k_pe [T, R]] into the latent cache at slot_mapping (in place)."""
+    if torch.compiler.is_compiling():
+        return opaque.concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping, k_scale)
     pick("concat_and_cache_mla", kv_c.device.type)(kv_c, k_pe, kv_cache, slot_mapping, k_scale)

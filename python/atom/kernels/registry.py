@@ -13,6 +13,8 @@ import functools
 import logging
 from collections.abc import Callable
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PREFERENCE = ("aiter", "native", "triton", "torch")
@@ -70,6 +72,7 @@ def _pick_cached(op: str, device_type: str, preference: tuple[str, ...]) -> Call
         raise ValueError(f"unknown op {op!r}; known ops: {sorted(_IMPLS)}")
     for name in preference:
         if name in backends and device_type in backends[name][1]:
-            logger.info("kernel %s on %s: %s", op, device_type, name)
+            if not torch.compiler.is_compiling():  # a log call would break a dynamo trace
+                logger.info("kernel %s on %s: %s", op, device_type, name)
             return backends[name][0]
     raise ValueError(f"no implementation of {op!r} runs on {device_type!r}: {sorted(backends)}")

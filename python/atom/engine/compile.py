@@ -1,0 +1,66 @@
+"""Compilation levels (``--level``) and the torch.compile of the decode step.
+
+    level  torch.compile of the decode step   CUDA/HIP graphs of decode steps
+    0      no                                  no            (plain eager: the reference)
+    1      no                                  yes
+    2      yes (inductor)                      no
+    3      yes (inductor)                      yes           (the default)
+
+``--enforce-eager`` turns the graphs off at every level. On the CPU both are off: the engine
+runs eagerly whatever the level.
+
+What is compiled: the decode step ``(input_ids [B], positions [B], metadata) -> (logits [B, V]
+fp32, greedy ids [B])``, the function the graphs capture, with a dynamic batch dimension (one
+compiled graph serves every capture size; dynamo specializes B = 1 separately, so two
+compiles). The native ops (atom._C) are single graph nodes through their fake impls; the
+Python-launched kernels (Triton attention, MLA, MoE) become opaque custom ops
+(atom/kernels/opaque.py). Inductor writes the KV cache and the fused norms' outputs in place
+(checked on the generated code: no copies of the cache), and fuses what is left around them:
+the logits' fp32 cast with the argmax, the embedding gather.
+Prefill and mixed steps always run eagerly: their cost is GEMMs and attention over thousands of
+tokens, and their metadata carries host lists (per-sequence lengths that the attention dispatch
+reads) that would make dynamo recompile at every step.
+
+If compiling fails (an op dynamo cannot trace, a backend error), the engine logs why and runs
+the decode step eagerly; ``ModelRunner.fast_path`` says what actually runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+LEVELS = {
+    0: "eager (no torch.compile, no graphs)",
+    1: "CUDA graphs of the eager decode step",
+    2: "torch.compile (inductor) of the decode step, no graphs",
+    3: "torch.compile (inductor) of the decode step in CUDA graphs",
+}
+
+
+@dataclass(frozen=True)
+class FastPathPlan:
+    """What a level asks for on this device (before anything is tried)."""
+
+    compile: bool
+    graphs: bool
+
+    @classmethod
+    def for_config(cls, level: int, enforce_eager: bool, on_gpu: bool) -> FastPathPlan:
+        if level not in LEVELS:
+            raise ValueError(f"level={level!r} must be one of {sorted(LEVELS)}")
+        if not on_gpu:
+            return cls(compile=False, graphs=False)
+        return cls(compile=level >= 2, graphs=level in (1, 3) and not enforce_eager)
+
+
+def compile_decode_step(fn: Callable, backend: str = "inductor") -> Callable:
+    """torch.compile of the decode step: one full graph (an unexpected graph break is an error,
+    not a silent slowdown), dynamic batch dimension. Compilation itself happens at the first
+    call (the runner warms up every batch size before capturing graphs)."""
+    return torch.compile(fn, backend=backend, fullgraph=True, dynamic=True)
