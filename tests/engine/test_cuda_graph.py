@@ -177,3 +177,30 @@ def test_one_token_prefill_chunks_in_a_decode_only_step(make_engine):
     engine = make_engine(max_num_batched_tokens=1)
     install_padded_decode(engine)
     assert [o["token_ids"] for o in engine.generate(batch, sp)] == want
+
+
+def test_padded_decode_under_preemption_and_prefix_caching(make_engine):
+    """Preempted sequences come back with new blocks and sequences change rows between steps:
+    the block-table rows that the padded path keeps on the device must follow."""
+    rng = random.Random(5)
+    shared = [rng.randrange(100, 40000) for _ in range(20)]
+    batch = [shared + p for p in prompts(8, seed=5)]
+    sp = [SamplingParams(temperature=0, max_tokens=6 + 3 * i, ignore_eos=True) for i in range(8)]
+    options = dict(num_kv_blocks=24, block_size=4, max_model_len=96, enable_prefix_caching=True)
+    want = [o["token_ids"] for o in make_engine(**options).generate(batch, sp)]
+    engine = make_engine(**options)
+    install_padded_decode(engine)
+    assert [o["token_ids"] for o in engine.generate(batch, sp)] == want
+    assert engine.get_stats().extra["num_preemptions"] > 0
+
+
+def test_rows_that_change_sequence_are_rewritten(make_engine):
+    """Three prompts of equal length (equally long block tables): when the first finishes, the
+    others move up a row, and each row must now hold the other sequence's blocks."""
+    rng = random.Random(6)
+    batch = [[rng.randrange(100, 40000) for _ in range(12)] for _ in range(3)]
+    sp = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (2, 9, 9)]
+    want = [o["token_ids"] for o in make_engine(block_size=4).generate(batch, sp)]
+    engine = make_engine(block_size=4)
+    install_padded_decode(engine)
+    assert [o["token_ids"] for o in engine.generate(batch, sp)] == want

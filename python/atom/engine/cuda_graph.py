@@ -100,6 +100,13 @@ class DecodeGraphs:
         self.seq_lens = torch.zeros(max_b, dtype=torch.int32, **kw)
         self.cu_seqlens_q = torch.arange(max_b + 1, dtype=torch.int32, **kw)
         self.block_tables = torch.zeros(max_b, max_blocks_per_seq, dtype=torch.int32, **kw)
+        # The host mirror of block_tables and the rows it holds: a step rewrites (and copies)
+        # only the rows that changed since (a decode step changes few: a sequence gets a new
+        # block every block_size tokens), instead of n rows of Python ints every step.
+        self._host_tables = torch.zeros(
+            max_b, max_blocks_per_seq, dtype=torch.int32, pin_memory=staging.pinned
+        )
+        self._host_rows: list[list[int] | None] = [None] * max_b
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.capture_seconds = 0.0
@@ -156,6 +163,25 @@ class DecodeGraphs:
             "captured decode graphs for batch sizes %s in %.1f s", self.sizes, self.capture_seconds
         )
 
+    def _update_host_tables(self, tables: list[list[int]]) -> tuple[int, int] | None:
+        """Writes the rows that differ from what the mirror holds; returns the range of rows
+        [lo, hi) to copy to the device, None if nothing changed."""
+        arr = self._host_tables.numpy()
+        lo = hi = None
+        for i, table in enumerate(tables):
+            if self._host_rows[i] == table:
+                continue
+            if len(table) > self.max_blocks_per_seq:
+                raise ValueError(
+                    f"a block table of {len(table)} blocks exceeds max_blocks_per_seq="
+                    f"{self.max_blocks_per_seq}"
+                )
+            arr[i, : len(table)] = table
+            self._host_rows[i] = list(table)
+            lo = i if lo is None else lo
+            hi = i + 1
+        return None if lo is None else (lo, hi)
+
     @torch.inference_mode()
     def run(self, batch: DecodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies the step's inputs into the persistent buffers (padding the batch) and replays
@@ -173,8 +199,10 @@ class DecodeGraphs:
         st.copy_into(self.slot_mapping[:size], slots)
         lens = st.put("g_lens", batch.seq_lens, torch.int32, size, pad_value=0)
         st.copy_into(self.seq_lens[:size], lens)
-        tables = st.put_rows("g_tables", batch.block_tables, self.max_blocks_per_seq)
-        st.copy_into(self.block_tables[:n], tables)
+        changed = self._update_host_tables(batch.block_tables)
+        if changed:
+            lo, hi = changed
+            st.copy_into(self.block_tables[lo:hi], self._host_tables[lo:hi])
         st.end()
         if self.use_graphs:
             self._graphs[size].replay()
