@@ -118,7 +118,7 @@ def test_padded_buffers_after_a_step(make_engine):
         assert ids[:n] == batch.input_ids
         for row, table in enumerate(batch.block_tables):
             assert graphs.block_tables[row, : len(table)].tolist() == table
-    assert graphs.cu_seqlens_q.tolist() == list(range(9))
+    assert graphs.cu_seqlens_q[:9].tolist() == list(range(9))
 
 
 def _generate(engine, batch, params):

@@ -27,6 +27,14 @@ ARCHS = ["llama", "qwen3", "qwen3_moe", "glm4_moe", "gpt_oss", "deepseek_v3"]
 NEAR_TIE = 1e-3
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Compiled decode steps of different models accumulate in dynamo's cache of one code
+    object (8 entries): start each test from an empty cache."""
+    torch._dynamo.reset()
+    yield
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     from hf_compare import save_tiny_hf
@@ -68,8 +76,7 @@ def random_decode_batch(runner, n: int, seed: int) -> DecodeBatch:
     return DecodeBatch(ids, positions, slots, lens, tables)
 
 
-@pytest.mark.parametrize("level", [1, 3])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("level, dtype", [(1, "bfloat16"), (1, "float32"), (3, "bfloat16")])
 def test_replay_equals_the_same_step_run_eagerly(tiny_models, level, dtype):
     """Bit-for-bit: a replay computes what the captured function computes on the same buffers
     (no stale capture-time value, no missing input copy), across sizes and new contents."""
@@ -121,15 +128,18 @@ def test_levels_give_the_eager_tokens(tiny_models, level):
         _check_same_greedy(got, want, base, prompts)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_every_architecture_through_graphs_and_compile(tiny_models, arch):
-    """Level 3 (compiled step in CUDA graphs) for each model family: it compiles and captures
-    (no fallback), and its fp32 greedy tokens are plain eager's."""
+@pytest.mark.parametrize(
+    "arch, level",
+    [("qwen3", 1), ("qwen3_moe", 3), ("glm4_moe", 1), ("gpt_oss", 3), ("deepseek_v3", 3)],
+)
+def test_every_architecture_through_graphs(tiny_models, arch, level):
+    """Each model family captures (no fallback) and its fp32 greedy tokens are plain eager's;
+    level 3 (compiled step in the graphs) for the kernels Llama does not use: MoE, sinks and
+    sliding window, MLA (compiling takes time, so the other two only capture)."""
     folder = tiny_models[arch]
-    fast = engine(folder, dtype="float32", level=3)
-    assert fast.runner.fast_path.startswith("torch.compile (inductor) + CUDA graphs"), (
-        fast.runner.fast_path
-    )
+    fast = engine(folder, dtype="float32", level=level)
+    expected = "torch.compile (inductor) + CUDA graphs" if level == 3 else "CUDA graphs"
+    assert fast.runner.fast_path.startswith(expected), fast.runner.fast_path
     base = engine(folder, dtype="float32", level=0)
     vocab = base.model_config.vocab_size
     prompts = random_prompts(6, vocab, seed=7)

@@ -6,6 +6,7 @@ generated code writes the cache in place (no copy of it)."""
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,6 +42,23 @@ def test_compiled_decode_step_traces_as_one_graph_and_matches_eager(make_engine)
         engine, forward=compile_decode_step(runner.decode_step_forward, backend="eager")
     )
     assert [o["token_ids"] for o in engine.generate(batch, sp)] == want
+
+
+def test_one_compile_serves_every_batch_size_but_one(make_engine):
+    """Sizes 8, 4, 2 share one dynamic-shape graph (no duck-sizing ties, no view-of-whole-buffer
+    guard); only B = 1 is specialized: two graphs. A second engine of the same model reuses
+    them."""
+    from torch._dynamo.utils import counters
+
+    from atom.engine.compile import warm_up_settings
+
+    for expected_new_graphs in (2, 0):
+        runner = make_engine(block_size=4).runner
+        before = counters["stats"]["unique_graphs"]
+        forward = compile_decode_step(runner.decode_step_forward, backend="eager")
+        with warm_up_settings(compiled=True):
+            install_padded_decode(SimpleNamespace(runner=runner), forward=forward)
+        assert counters["stats"]["unique_graphs"] - before == expected_new_graphs
 
 
 def _decode_inputs(runner, n: int):

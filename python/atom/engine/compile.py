@@ -27,8 +27,9 @@ the decode step eagerly; ``ModelRunner.fast_path`` says what actually runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,3 +65,22 @@ def compile_decode_step(fn: Callable, backend: str = "inductor") -> Callable:
     not a silent slowdown), dynamic batch dimension. Compilation itself happens at the first
     call (the runner warms up every batch size before capturing graphs)."""
     return torch.compile(fn, backend=backend, fullgraph=True, dynamic=True)
+
+
+@contextlib.contextmanager
+def warm_up_settings(compiled: bool) -> Iterator[None]:
+    """Settings for the warm-up run that compiles the decode step. No duck sizing: a batch size
+    that happens to equal another dimension during the first trace (256 rows, 256 blocks per
+    sequence) would otherwise be tied to it and force a recompile for every other size. And a
+    hit of dynamo's recompile limit is an error there (then the runner falls back and says so),
+    not a silent switch to uncompiled code."""
+    if not compiled:
+        yield
+        return
+    from torch.fx.experimental import _config as fx_config
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch._dynamo.config.patch(fail_on_recompile_limit_hit=True))
+        if hasattr(fx_config, "use_duck_shape"):
+            stack.enter_context(fx_config.patch(use_duck_shape=False))
+        yield

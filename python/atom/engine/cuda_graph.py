@@ -4,13 +4,14 @@ A decode-only step (every scheduled sequence computes exactly one new token) of 
 runs as the graph captured for the smallest capture size ``B >= n``. Its inputs live in
 persistent device buffers (same storage at capture and at every replay, new contents each step):
 
-    input_ids      [max_B] int64     token of sequence b; padding 0
-    positions      [max_B] int64     its position (seq_len - 1); padding 0
-    slot_mapping   [max_B] int64     its KV-cache slot; padding -1 (the cache write skips it)
-    seq_lens       [max_B] int32     context length after this token; padding 0 (reads nothing)
-    cu_seqlens_q   [max_B + 1] int32 arange: one query token per row, padding rows included
-    block_tables   [max_B, max_blocks_per_seq] int32, max_blocks_per_seq = ceil(max_model_len /
+    input_ids      [R] int64     token of sequence b; padding 0
+    positions      [R] int64     its position (seq_len - 1); padding 0
+    slot_mapping   [R] int64     its KV-cache slot; padding -1 (the cache write skips it)
+    seq_lens       [R] int32     context length after this token; padding 0 (reads nothing)
+    cu_seqlens_q   [R + 1] int32 arange: one query token per row, padding rows included
+    block_tables   [R, max_blocks_per_seq] int32, max_blocks_per_seq = ceil(max_model_len /
                    block_size); a row's entries past its sequence's blocks are never read
+(R = the largest capture size + 1; a batch of size B uses the first B rows.)
 
 A padding row is a sequence of length 0 whose token writes nothing to the cache; the split-K
 decode kernels (attention and MLA) write zeros for it (see atom.kernels.triton.attention_decode).
@@ -92,21 +93,24 @@ class DecodeGraphs:
         self.device = device
         self.staging = staging
         self.use_graphs = capture
-        max_b = self.sizes[-1]
+        # One spare row, never part of a batch: every batch is then a strict slice of its
+        # buffer (torch.compile guards on whether a view covers its whole base, and would
+        # compile the largest size separately).
+        rows = self.sizes[-1] + 1
         kw = {"device": device}
-        self.input_ids = torch.zeros(max_b, dtype=torch.int64, **kw)
-        self.positions = torch.zeros(max_b, dtype=torch.int64, **kw)
-        self.slot_mapping = torch.full((max_b,), -1, dtype=torch.int64, **kw)
-        self.seq_lens = torch.zeros(max_b, dtype=torch.int32, **kw)
-        self.cu_seqlens_q = torch.arange(max_b + 1, dtype=torch.int32, **kw)
-        self.block_tables = torch.zeros(max_b, max_blocks_per_seq, dtype=torch.int32, **kw)
+        self.input_ids = torch.zeros(rows, dtype=torch.int64, **kw)
+        self.positions = torch.zeros(rows, dtype=torch.int64, **kw)
+        self.slot_mapping = torch.full((rows,), -1, dtype=torch.int64, **kw)
+        self.seq_lens = torch.zeros(rows, dtype=torch.int32, **kw)
+        self.cu_seqlens_q = torch.arange(rows + 1, dtype=torch.int32, **kw)
+        self.block_tables = torch.zeros(rows, max_blocks_per_seq, dtype=torch.int32, **kw)
         # The host mirror of block_tables and the rows it holds: a step rewrites (and copies)
         # only the rows that changed since (a decode step changes few: a sequence gets a new
         # block every block_size tokens), instead of n rows of Python ints every step.
         self._host_tables = torch.zeros(
-            max_b, max_blocks_per_seq, dtype=torch.int32, pin_memory=staging.pinned
+            rows, max_blocks_per_seq, dtype=torch.int32, pin_memory=staging.pinned
         )
-        self._host_rows: list[list[int] | None] = [None] * max_b
+        self._host_rows: list[list[int] | None] = [None] * rows
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.capture_seconds = 0.0

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from atom.config import EngineConfig
-from atom.engine.compile import FastPathPlan, compile_decode_step
+from atom.engine.compile import FastPathPlan, compile_decode_step, warm_up_settings
 from atom.engine.cuda_graph import DecodeBatch, DecodeGraphs, capture_sizes_for
 from atom.engine.input_buffers import HostStaging
 from atom.engine.sampler import Sampler, SamplerOutput, token_logprobs
@@ -125,7 +125,8 @@ class ModelRunner:
                 self.staging, capture=graphs,
             )  # fmt: skip
             try:
-                self.decode_graphs.capture()
+                with warm_up_settings(compiled):  # torch.compile compiles in this warm-up
+                    self.decode_graphs.capture()
             except Exception as e:  # noqa: BLE001 - any failure: fall back, say why
                 what = "torch.compile" if compiled else "graph capture"
                 logger.warning("decode fast path: %s failed, falling back: %r", what, e)
