@@ -184,11 +184,11 @@ def dense_mlp(config: ModelConfig) -> GatedMLP:
 def qwen3_attention(config: ModelConfig, rotary_emb: RotaryEmbedding, layer_idx: int):
     """Qwen3 and Qwen3-MoE attention: qk-norm always, one bias flag for q/k/v/o."""
     bias = config.attention_bias
-    return DecoderAttention(
-        config, rotary_emb, layer_idx, qk_norm=True, qkv_bias=bias, o_bias=bias
-    )
+    return DecoderAttention(config, rotary_emb, layer_idx, qk_norm=True, qkv_bias=bias, o_bias=bias)
 
 
 class Qwen3ForCausalLM(DecoderForCausalLM):
     def make_layer(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer_idx: int):
-        return DecoderLayer(config, qwen3_attention(config, rotary_emb, layer_idx), dense_mlp(config))
+        return DecoderLayer(
+            config, qwen3_attention(config, rotary_emb, layer_idx), dense_mlp(config)
+        )
