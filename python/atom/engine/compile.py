@@ -80,7 +80,8 @@ def warm_up_settings(compiled: bool) -> Iterator[None]:
     from torch.fx.experimental import _config as fx_config
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch._dynamo.config.patch(fail_on_recompile_limit_hit=True))
+        if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+            stack.enter_context(torch._dynamo.config.patch(fail_on_recompile_limit_hit=True))
         if hasattr(fx_config, "use_duck_shape"):
             stack.enter_context(fx_config.patch(use_duck_shape=False))
         yield
