@@ -1,16 +1,16 @@
 """Engine settings: one frozen dataclass built from keywords or the command line (``EngineArgs``).
 
-Environment variables the engine reads (here and nowhere else in the engine):
-- ``ATOM_TORCH_PROFILER_DIR``: default of ``torch_profiler_dir`` (traces go to ``{dir}/rank_0/``).
-- ``ATOM_PROFILER_MORE=1``: the profiler also records shapes, stacks and memory.
+Environment variables come through atom.envs (ATOM_TORCH_PROFILER_DIR: default of
+``torch_profiler_dir``; ATOM_PROFILER_MORE=1: record shapes, stacks and memory).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from atom import envs
 
 if TYPE_CHECKING:
     from atom.model_config import ModelConfig
@@ -20,12 +20,8 @@ DEFAULT_CAPTURE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 KV_CACHE_DTYPES = ("bf16", "fp8")
 
 
-def env_torch_profiler_dir() -> str | None:
-    return os.environ.get("ATOM_TORCH_PROFILER_DIR") or None
-
-
-def env_profiler_more() -> bool:
-    return os.environ.get("ATOM_PROFILER_MORE", "0").strip().lower() in ("1", "true", "yes", "on")
+env_torch_profiler_dir = envs.torch_profiler_dir
+env_profiler_more = envs.profiler_more
 
 
 @dataclass(frozen=True)

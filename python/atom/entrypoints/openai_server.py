@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 from http import HTTPStatus
 from typing import Any
 
@@ -23,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 import atom
+from atom import envs
 from atom.entrypoints.async_engine import AsyncEngine, EngineDeadError
 from atom.entrypoints.errors import APIError, error_response, install_error_handlers, parse_body
 from atom.entrypoints.metrics import PROMETHEUS_CONTENT_TYPE, ServerMetrics
@@ -210,7 +210,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-port", "--server_port", dest="server_port", type=int, default=8000,
                    help="HTTP port (default 8000); --port is the engine's internal port")  # fmt: skip
     s.add_argument("--api-key", "--api_key", dest="api_key",
-                   default=os.environ.get("ATOM_API_KEY") or None,
+                   default=envs.api_key(),
                    help="require 'Authorization: Bearer KEY' on /v1 and profile routes "
                    "(default: $ATOM_API_KEY, else none)")  # fmt: skip
     s.add_argument("--served-model-name", "--served_model_name", dest="served_model_name",

@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from atom import envs
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -31,7 +33,7 @@ CONVERTER_VERSION = 1
 
 def cache_dir() -> Path:
     """ATOM's cache root: $ATOM_CACHE_DIR, else ~/.cache/atom."""
-    return Path(os.environ.get("ATOM_CACHE_DIR") or Path.home() / ".cache" / "atom")
+    return envs.cache_dir()
 
 
 def embedded_gguf_path() -> Path:

@@ -1,0 +1,33 @@
+"""Every environment variable ATOM reads, in one place. Settings flow from here into the config
+dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own variables.
+
+| variable                   | meaning                                                         |
+|----------------------------|-----------------------------------------------------------------|
+| ATOM_TORCH_PROFILER_DIR    | default of ``--torch-profiler-dir`` (traces in ``{dir}/rank_0``) |
+| ATOM_PROFILER_MORE=1       | the profiler also records shapes, stacks and memory             |
+| ATOM_CACHE_DIR             | cache root (the converted embedded model); ~/.cache/atom        |
+| ATOM_API_KEY               | default of the server's ``--api-key``                           |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def torch_profiler_dir() -> str | None:
+    return os.environ.get("ATOM_TORCH_PROFILER_DIR") or None
+
+
+def profiler_more() -> bool:
+    return os.environ.get("ATOM_PROFILER_MORE", "0").strip().lower() in _TRUE
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ATOM_CACHE_DIR") or Path.home() / ".cache" / "atom")
+
+
+def api_key() -> str | None:
+    return os.environ.get("ATOM_API_KEY") or None
