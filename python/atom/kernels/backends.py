@@ -1,6 +1,6 @@
 """Imports every backend module; each registers its ops only where it can run."""
 
-from atom.kernels import reference  # noqa: F401  (torch: always)
+from atom.kernels import batched_attention, reference  # noqa: F401  (torch: always)
 
 try:  # the compiled ops (atom._C); absent in a source checkout that was not built
     from atom.kernels import native  # noqa: F401

@@ -2,7 +2,8 @@
 
 Every op has a torch reference; faster backends register themselves when they are usable:
 ``aiter`` (ROCm, when installed), ``native`` (the compiled ``atom._C`` ops: CPU twins always, CUDA/HIP
-kernels when the build had a GPU toolchain), ``triton``. ``pick(op, device_type)`` returns the first
+kernels when the build had a GPU toolchain), ``triton``, ``batched`` (torch code faster than the
+reference's per-sequence loops: decode attention on the CPU). ``pick(op, device_type)`` returns the first
 registered implementation in ``preference`` order for that device type and logs the choice once.
 The order can be changed through ``set_preference`` (EngineConfig does, from its ``kernel_backends``).
 """
@@ -17,7 +18,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFERENCE = ("aiter", "native", "triton", "torch")
+DEFAULT_PREFERENCE = ("aiter", "native", "triton", "batched", "torch")
 
 # op name -> backend name -> (implementation, device types it runs on)
 _IMPLS: dict[str, dict[str, tuple[Callable, frozenset[str]]]] = {}
