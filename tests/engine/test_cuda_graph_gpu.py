@@ -27,14 +27,6 @@ ARCHS = ["llama", "qwen3", "qwen3_moe", "glm4_moe", "gpt_oss", "deepseek_v3"]
 NEAR_TIE = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    """Compiled decode steps of different models accumulate in dynamo's cache of one code
-    object (8 entries): start each test from an empty cache."""
-    torch._dynamo.reset()
-    yield
-
-
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     from hf_compare import save_tiny_hf

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -63,8 +64,25 @@ class FastPathPlan:
 def compile_decode_step(fn: Callable, backend: str = "inductor") -> Callable:
     """torch.compile of the decode step: one full graph (an unexpected graph break is an error,
     not a silent slowdown), dynamic batch dimension. Compilation itself happens at the first
-    call (the runner warms up every batch size before capturing graphs)."""
-    return torch.compile(fn, backend=backend, fullgraph=True, dynamic=True)
+    call (the runner warms up every batch size before capturing graphs).
+
+    ``fn`` (a function or bound method) is compiled through a copy with its own code object:
+    dynamo keeps compiled code per code object, up to a limit of entries, so engines sharing
+    one (several engines or models in one process) would crowd each other out; this way an
+    engine's compiled code is its own and goes away with it."""
+    return torch.compile(_with_own_code(fn), backend=backend, fullgraph=True, dynamic=True)
+
+
+def _with_own_code(fn: Callable) -> Callable:
+    func = getattr(fn, "__func__", fn)
+    copy = types.FunctionType(
+        func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__,
+        func.__closure__,
+    )  # fmt: skip
+    copy.__kwdefaults__ = func.__kwdefaults__
+    copy.__qualname__ = func.__qualname__
+    owner = getattr(fn, "__self__", None)
+    return copy if owner is None else types.MethodType(copy, owner)
 
 
 @contextlib.contextmanager
