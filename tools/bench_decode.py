@@ -163,11 +163,18 @@ def copy_bandwidth(num_bytes: int = 1 << 30, iters: int = 20) -> float:
 
 
 def device_info() -> dict:
+    """Device, date, torch, and which backend atom.kernels runs each op of the Llama path on."""
+    import atom.kernels  # noqa: F401  (registers the backends)
+    from atom.kernels import registry
+
     info = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name(0)
-    else:
-        info["device"] = "cpu"
+    info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    ops = ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "fused_qk_norm_rope_cache",
+           "paged_attention")  # fmt: skip
+    info["kernels"] = {
+        op: registry.pick(op, "cuda" if torch.cuda.is_available() else "cpu").__module__
+        for op in ops
+    }
     return info
 
 
@@ -250,7 +257,8 @@ def bench_shape(shape: str, args, root: Path, bandwidth: float) -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(f"\nsingle-stream decode on {result['device']}, torch {result['torch']}; "
+    print(f"\nkernels: {result['kernels']}")
+    print(f"single-stream decode on {result['device']}, torch {result['torch']}; "
           f"copy bandwidth {result['rows'][0]['copy_bandwidth_gbs']:.0f} GB/s")  # fmt: skip
     print(f"{'shape':>13} {'run':>9} {'decode tok/s':>13} {'e2e tok/s':>10} {'TPOT ms':>8} "
           f"{'startup s':>10} {'of bound':>9}  fast path")  # fmt: skip

@@ -66,11 +66,11 @@ class DecodeBatch:
         return len(self.input_ids)
 
 
-def capture_sizes_for(sizes: Sequence[int], max_num_seqs: int) -> tuple[int, ...]:
-    """The configured sizes that can occur (<= max_num_seqs); if none is that small, max_num_seqs
-    itself, so that small batches still get a graph."""
-    usable = sorted({s for s in sizes if s <= max_num_seqs})
-    return tuple(usable) if usable else (max_num_seqs,)
+def capture_sizes_for(sizes: Sequence[int], largest_batch: int) -> tuple[int, ...]:
+    """The configured sizes that can occur (<= the largest decode batch); if none is that small,
+    the largest batch itself, so that small batches still get a graph."""
+    usable = sorted({s for s in sizes if s <= largest_batch})
+    return tuple(usable) if usable else (largest_batch,)
 
 
 class DecodeGraphs:

@@ -111,7 +111,9 @@ class ModelRunner:
         plan = FastPathPlan.for_config(cfg.level, cfg.enforce_eager, self.device.type == "cuda")
         if not (plan.compile or plan.graphs):
             return "eager"
-        sizes = capture_sizes_for(cfg.cudagraph_capture_sizes, cfg.max_num_seqs)
+        # A decode batch holds at most max_num_seqs sequences and max_num_batched_tokens tokens.
+        largest = min(cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        sizes = capture_sizes_for(cfg.cudagraph_capture_sizes, largest)
         attempts = [(plan.compile, plan.graphs)]
         if plan.compile and plan.graphs:
             attempts.append((False, True))
