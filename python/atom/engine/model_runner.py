@@ -2,9 +2,14 @@
 
 Per step, ``prepare_inputs`` turns the scheduled sequences into one ``StepInput`` (every tensor the
 forward reads: token ids, positions, the attention metadata, which hidden rows need logits), and
-``execute`` runs the forward on it. Keeping the step's whole input in one object is what lets the
-GPU fast path capture a step in a CUDA graph against persistent buffers and replay it with new
-contents.
+``execute`` runs the forward on it. The inputs cross to the device through pinned staging buffers
+without waiting (atom.engine.input_buffers); reading the sampled tokens is the step's one
+host-device synchronization.
+
+Decode-only steps take the fast path when there is one (``_setup_fast_path``, atom.engine.compile
+for the levels): ``decode_step_forward`` (model, LM head and greedy argmax of a padded batch) runs
+on persistent buffers, replayed as a CUDA/HIP graph and/or compiled (atom.engine.cuda_graph).
+Steps whose sampled rows are all plain greedy take the argmax without the sampler.
 
 Logits are computed only where they are used: the last token of every sequence that samples in
 this step, plus the positions whose next-token distribution is a requested prompt logprob.
