@@ -15,8 +15,8 @@ guard on every value. Compiled code therefore loses only what those lists buy: t
 dispatch of the leading decodes of a mixed batch to the decode kernel; the engine compiles
 decode-only steps, where the lists are not used.
 
-Mutation: ``paged_attention`` and ``mla_decode`` write their result into ``out``, which the caller
-allocates (zeros: padding rows stay zero); ``concat_and_cache_mla`` writes the cache. Declaring
+Mutation: ``paged_attention`` and ``mla_decode`` write their result into ``out``, which the
+wrapper allocates; ``concat_and_cache_mla`` writes the cache. Declaring
 these as mutated arguments lets torch.compile order them correctly and write in place.
 """
 
@@ -73,9 +73,13 @@ def paged_attention(
     q, key_cache, value_cache, meta: AttentionMetadata, scale, sliding_window=None, sinks=None,
     k_scale=None, v_scale=None, out=None,
 ) -> torch.Tensor:  # fmt: skip
-    """atom.kernels.paged_attention as one opaque op (same arguments and result)."""
+    """atom.kernels.paged_attention as one opaque op (same arguments and result). In a
+    decode-only batch every token row is the query of a sequence, which the decode kernels
+    always write (zeros for a length-0 sequence), so ``out`` needs no zero fill there (one
+    kernel less per layer in a compiled decode step); only token rows past cu_seqlens_q[-1],
+    which the engine's decode graphs never have, would keep uninitialized values."""
     if out is None:
-        out = torch.zeros_like(q)
+        out = torch.empty_like(q) if meta.max_seqlen_q == 1 else torch.zeros_like(q)
     _paged_attention_op(
         q, key_cache, value_cache, out, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
         meta.slot_mapping, meta.max_seqlen_q, meta.max_seqlen_k, float(scale),
@@ -109,9 +113,10 @@ def _(q, kv_cache, out, *args) -> None:
 
 
 def mla_decode(q, kv_cache, meta, scale, kv_lora_rank, k_scale=None, out=None) -> torch.Tensor:
-    """atom.kernels.mla_decode as one opaque op: q [T, H, L + R] -> out [T, H, L]."""
+    """atom.kernels.mla_decode as one opaque op: q [T, H, L + R] -> out [T, H, L] (decode
+    batches only, every row written: see paged_attention)."""
     if out is None:
-        out = q.new_zeros(q.shape[0], q.shape[1], kv_lora_rank)
+        out = q.new_empty(q.shape[0], q.shape[1], kv_lora_rank)
     _mla_decode_op(
         q, kv_cache, out, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, meta.slot_mapping,
         meta.max_seqlen_q, meta.max_seqlen_k, float(scale), int(kv_lora_rank), k_scale,
