@@ -49,7 +49,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9  # share of GPU memory for weights + activations + KV cache
     scheduler_delay_factor: float = 0.0  # wait this many step durations to batch new prompts
     cudagraph_capture_sizes: tuple[int, ...] = DEFAULT_CAPTURE_SIZES  # GPU fast path
-    level: int = 3  # torch.compile level 0-3 (GPU fast path; 0 = eager)
+    level: int = 3  # GPU fast path: 0 eager, 1 graphs, 2 compile, 3 both (atom/engine/compile.py)
     load_dummy: bool = False  # random weights instead of the checkpoint's
     enable_expert_parallel: bool = False
     enable_dp_attention: bool = False
