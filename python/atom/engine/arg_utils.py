@@ -121,7 +121,8 @@ class EngineArgs:
             type=int,
             default=3,
             choices=(0, 1, 2, 3),
-            help="compilation level (0 = eager, 3 = torch.compile)",
+            help="0 = eager, 1 = CUDA graphs of decode steps, 2 = torch.compile of the decode "
+            "step, 3 = both (default)",
         )
         flag("load_dummy", "random weights instead of loading the checkpoint")
         flag("enable_expert_parallel", "expert parallelism for MoE (not implemented yet)")
