@@ -4,11 +4,11 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/DeviceGuard.h>
-#include <c10/util/Exception.h>
 
 #include <optional>
 #include <string>
 
+#include "check.h"
 #include "launch_params.h"
 #include "launchers.h"
 
@@ -40,28 +40,28 @@ inline DType to_dtype(const at::Tensor& t, const char* name) {
     default:
       break;
   }
-  TORCH_CHECK_VALUE(false, "atom: ", name, " has unsupported dtype ", t.scalar_type(),
-                    " (float32, bfloat16, float16, or fp8 e4m3 for caches)");
+  throw_value_error(c10::str("atom: ", name, " has unsupported dtype ", t.scalar_type(),
+                             " (float32, bfloat16, float16, or fp8 e4m3 for caches)"));
 }
 
 // Activations (and weights, RoPE tables) must be float32, bfloat16 or float16.
 inline DType float_dtype(const at::Tensor& t, const char* name) {
   const DType d = to_dtype(t, name);
-  TORCH_CHECK_VALUE(d == DType::kFloat32 || d == DType::kBFloat16 || d == DType::kFloat16,
-                    "atom: ", name, " must be float32, bfloat16 or float16, got ",
-                    t.scalar_type());
+  ATOM_CHECK_VALUE(d == DType::kFloat32 || d == DType::kBFloat16 || d == DType::kFloat16,
+                   "atom: ", name, " must be float32, bfloat16 or float16, got ",
+                   t.scalar_type());
   return d;
 }
 
 inline void check_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
                          const char* ref_name) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), "atom: ", name, " is on ", t.device(), " but ",
-                    ref_name, " is on ", ref.device());
+  ATOM_CHECK_VALUE(t.device() == ref.device(), "atom: ", name, " is on ", t.device(), " but ",
+                   ref_name, " is on ", ref.device());
 }
 
 inline void check_dim(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK_VALUE(t.dim() == dim, "atom: ", name, " must have ", dim, " dims, got shape ",
-                    t.sizes());
+  ATOM_CHECK_VALUE(t.dim() == dim, "atom: ", name, " must have ", dim, " dims, got shape ",
+                   t.sizes());
 }
 
 // x seen as [rows, x.size(-1)] with one row stride, if its layout allows (last dim contiguous,
@@ -100,8 +100,8 @@ inline bool heads_contiguous_inner(const at::Tensor& t) { return t.size(2) <= 1 
 // positions / slot_mapping: 1-D int32 or int64 (made contiguous into `holder` if needed).
 inline IndexView index_view(const at::Tensor& t, const char* name, at::Tensor& holder) {
   check_dim(t, name, 1);
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, "atom: ", name,
-                    " must be int64 or int32, got ", t.scalar_type());
+  ATOM_CHECK_VALUE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, "atom: ", name,
+                   " must be int64 or int32, got ", t.scalar_type());
   holder = t.contiguous();
   return IndexView{holder.data_ptr(), holder.size(0), holder.scalar_type() == at::kInt};
 }
@@ -111,8 +111,8 @@ inline CosSinView cos_sin_view(const at::Tensor& t, int64_t head_size, at::Tenso
   check_dim(t, "cos_sin_cache", 2);
   const DType dtype = float_dtype(t, "cos_sin_cache");
   const int64_t rot_dim = t.size(1);
-  TORCH_CHECK_VALUE(rot_dim % 2 == 0 && rot_dim <= head_size, "atom: cos_sin_cache rot_dim ",
-                    rot_dim, " must be even and <= head_size ", head_size);
+  ATOM_CHECK_VALUE(rot_dim % 2 == 0 && rot_dim <= head_size, "atom: cos_sin_cache rot_dim ",
+                   rot_dim, " must be even and <= head_size ", head_size);
   holder = t.stride(1) == 1 ? t : t.contiguous();
   return CosSinView{holder.data_ptr(), holder.size(0), holder.stride(0), rot_dim, dtype};
 }
@@ -122,14 +122,14 @@ inline CosSinView cos_sin_view(const at::Tensor& t, int64_t head_size, at::Tenso
 inline PagedCacheView cache_view(at::Tensor& cache, const char* name,
                                  const std::optional<at::Tensor>& scale, at::Tensor& scale_holder) {
   check_dim(cache, name, 4);
-  TORCH_CHECK_VALUE(cache.size(3) <= 1 || cache.stride(3) == 1, "atom: ", name,
-                    " must be contiguous in its last dim, got strides ", cache.strides());
+  ATOM_CHECK_VALUE(cache.size(3) <= 1 || cache.stride(3) == 1, "atom: ", name,
+                   " must be contiguous in its last dim, got strides ", cache.strides());
   const DType dtype = to_dtype(cache, name);
   const float* scale_ptr = nullptr;
   const bool fp8 = dtype == DType::kFloat8E4M3FN || dtype == DType::kFloat8E4M3FNUZ;
   if (fp8 && scale.has_value()) {
-    TORCH_CHECK_VALUE(scale->numel() == 1, "atom: the scale of ", name,
-                      " must have one element, got shape ", scale->sizes());
+    ATOM_CHECK_VALUE(scale->numel() == 1, "atom: the scale of ", name,
+                     " must have one element, got shape ", scale->sizes());
     check_device(*scale, "scale", cache, name);
     scale_holder = scale->to(at::kFloat).contiguous();
     scale_ptr = scale_holder.const_data_ptr<float>();
@@ -152,8 +152,8 @@ void launch(const at::Tensor& like, const Params& params, CpuFn cpu_fn, GpuFn gp
   gpu_fn(params, current_gpu_stream(like.device()));
 #else
   (void)gpu_fn;
-  TORCH_CHECK_VALUE(false, "atom: this build of atom._C has no GPU support (device ",
-                    like.device(), ")");
+  throw_value_error(
+      c10::str("atom: this build of atom._C has no GPU support (device ", like.device(), ")"));
 #endif
 }
 

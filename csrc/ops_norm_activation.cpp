@@ -12,8 +12,8 @@ namespace {
 // (the two the kernels specialize for; any other float dtype converts to fp32 exactly).
 at::Tensor checked_weight(const at::Tensor& weight, const at::Tensor& x, const char* name) {
   check_dim(weight, name, 1);
-  TORCH_CHECK_VALUE(weight.size(0) == x.size(-1), "atom: ", name, " has ", weight.size(0),
-                    " elements but the hidden size is ", x.size(-1));
+  ATOM_CHECK_VALUE(weight.size(0) == x.size(-1), "atom: ", name, " has ", weight.size(0),
+                   " elements but the hidden size is ", x.size(-1));
   check_device(weight, name, x, "x");
   float_dtype(weight, name);
   if (weight.scalar_type() != x.scalar_type() && weight.scalar_type() != at::kFloat) {
@@ -25,7 +25,7 @@ at::Tensor checked_weight(const at::Tensor& weight, const at::Tensor& x, const c
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, "atom: rms_norm needs x with at least one dim");
+  ATOM_CHECK_VALUE(x.dim() >= 1, "atom: rms_norm needs x with at least one dim");
   const DType dtype = float_dtype(x, "x");
   const at::Tensor w = checked_weight(weight, x, "weight");
   const at::Tensor input = as_rows(x) ? x : x.contiguous();
@@ -40,11 +40,11 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 
 void fused_add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                         double eps) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, "atom: fused_add_rms_norm needs x with at least one dim");
-  TORCH_CHECK_VALUE(x.sizes() == residual.sizes(), "atom: x has shape ", x.sizes(),
-                    " but residual has shape ", residual.sizes());
-  TORCH_CHECK_VALUE(x.scalar_type() == residual.scalar_type(), "atom: x is ", x.scalar_type(),
-                    " but residual is ", residual.scalar_type(), " (the kernel needs one dtype)");
+  ATOM_CHECK_VALUE(x.dim() >= 1, "atom: fused_add_rms_norm needs x with at least one dim");
+  ATOM_CHECK_VALUE(x.sizes() == residual.sizes(), "atom: x has shape ", x.sizes(),
+                   " but residual has shape ", residual.sizes());
+  ATOM_CHECK_VALUE(x.scalar_type() == residual.scalar_type(), "atom: x is ", x.scalar_type(),
+                   " but residual is ", residual.scalar_type(), " (the kernel needs one dtype)");
   check_device(residual, "residual", x, "x");
   const DType dtype = float_dtype(x, "x");
   const at::Tensor w = checked_weight(weight, x, "weight");
@@ -64,8 +64,8 @@ void fused_add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& w
 }
 
 at::Tensor silu_and_mul(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) % 2 == 0,
-                    "atom: silu_and_mul needs x [..., 2 * d], got shape ", x.sizes());
+  ATOM_CHECK_VALUE(x.dim() >= 1 && x.size(-1) % 2 == 0,
+                   "atom: silu_and_mul needs x [..., 2 * d], got shape ", x.sizes());
   const DType dtype = float_dtype(x, "x");
   const at::Tensor input = as_rows(x) ? x : x.contiguous();
   const Rows rows = *as_rows(input);

@@ -16,13 +16,13 @@ using NamedTensors = std::initializer_list<std::pair<const at::Tensor*, const ch
 // output), else a contiguous copy that the caller copies back (`copied`).
 at::Tensor heads_of(const at::Tensor& x, int64_t tokens, int64_t head_size, const char* name,
                     bool& copied) {
-  TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, "atom: ", name,
-                    " must be [T, H * head_size] or [T, H, head_size], got shape ", x.sizes());
-  TORCH_CHECK_VALUE(x.size(0) == tokens, "atom: ", name, " has ", x.size(0),
-                    " tokens but positions has ", tokens);
+  ATOM_CHECK_VALUE(x.dim() == 2 || x.dim() == 3, "atom: ", name,
+                   " must be [T, H * head_size] or [T, H, head_size], got shape ", x.sizes());
+  ATOM_CHECK_VALUE(x.size(0) == tokens, "atom: ", name, " has ", x.size(0),
+                   " tokens but positions has ", tokens);
   const int64_t features = x.dim() == 2 ? x.size(1) : x.size(1) * x.size(2);
-  TORCH_CHECK_VALUE(head_size > 0 && features % head_size == 0, "atom: ", name, " has ",
-                    features, " features per token, not a multiple of head_size ", head_size);
+  ATOM_CHECK_VALUE(head_size > 0 && features % head_size == 0, "atom: ", name, " has ",
+                   features, " features per token, not a multiple of head_size ", head_size);
   const int64_t heads = features / head_size;
   copied = false;
   if (x.dim() == 3 && x.size(2) == head_size && heads_contiguous_inner(x)) return x;
@@ -42,27 +42,27 @@ at::Tensor readable_heads(const at::Tensor& x, const char* name) {
 void check_activation_dtypes(const at::Tensor& a, const char* a_name, const at::Tensor& b,
                              const char* b_name) {
   float_dtype(a, a_name);
-  TORCH_CHECK_VALUE(a.scalar_type() == b.scalar_type(), "atom: ", a_name, " is ",
-                    a.scalar_type(), " but ", b_name, " is ", b.scalar_type());
+  ATOM_CHECK_VALUE(a.scalar_type() == b.scalar_type(), "atom: ", a_name, " is ",
+                   a.scalar_type(), " but ", b_name, " is ", b.scalar_type());
 }
 
 // Both caches [num_blocks, block_size, heads, head_size] matching `heads`/`head_size`, with one
 // dtype that is the activations' or fp8.
 void check_caches(const PagedCacheView& kc, const PagedCacheView& vc, int64_t heads,
                   int64_t k_head_size, int64_t v_head_size, DType dtype) {
-  TORCH_CHECK_VALUE(kc.heads == heads && kc.head_size == k_head_size, "atom: key_cache has ",
-                    kc.heads, " heads of ", kc.head_size, " but key has ", heads, " of ",
-                    k_head_size);
-  TORCH_CHECK_VALUE(vc.heads == heads && vc.head_size == v_head_size, "atom: value_cache has ",
-                    vc.heads, " heads of ", vc.head_size, " but value has ", heads, " of ",
-                    v_head_size);
-  TORCH_CHECK_VALUE(kc.num_blocks == vc.num_blocks && kc.block_size == vc.block_size,
-                    "atom: key_cache has ", kc.num_blocks, " blocks of ", kc.block_size,
-                    " but value_cache has ", vc.num_blocks, " of ", vc.block_size);
-  TORCH_CHECK_VALUE(kc.dtype == vc.dtype, "atom: key_cache and value_cache dtypes differ");
-  TORCH_CHECK_VALUE(kc.dtype == dtype || kc.dtype == DType::kFloat8E4M3FN ||
+  ATOM_CHECK_VALUE(kc.heads == heads && kc.head_size == k_head_size, "atom: key_cache has ",
+                   kc.heads, " heads of ", kc.head_size, " but key has ", heads, " of ",
+                   k_head_size);
+  ATOM_CHECK_VALUE(vc.heads == heads && vc.head_size == v_head_size, "atom: value_cache has ",
+                   vc.heads, " heads of ", vc.head_size, " but value has ", heads, " of ",
+                   v_head_size);
+  ATOM_CHECK_VALUE(kc.num_blocks == vc.num_blocks && kc.block_size == vc.block_size,
+                   "atom: key_cache has ", kc.num_blocks, " blocks of ", kc.block_size,
+                   " but value_cache has ", vc.num_blocks, " of ", vc.block_size);
+  ATOM_CHECK_VALUE(kc.dtype == vc.dtype, "atom: key_cache and value_cache dtypes differ");
+  ATOM_CHECK_VALUE(kc.dtype == dtype || kc.dtype == DType::kFloat8E4M3FN ||
                         kc.dtype == DType::kFloat8E4M3FNUZ,
-                    "atom: the cache must have the activations' dtype or be fp8 e4m3");
+                   "atom: the cache must have the activations' dtype or be fp8 e4m3");
 }
 
 }  // namespace
@@ -101,10 +101,10 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
     check_device(*t, name, key, "key");
   }
   const at::Tensor k = readable_heads(key, "key"), v = readable_heads(value, "value");
-  TORCH_CHECK_VALUE(k.size(1) == v.size(1), "atom: key has ", k.size(1), " heads but value has ",
-                    v.size(1));
-  TORCH_CHECK_VALUE(slots.count <= k.size(0) && slots.count <= v.size(0), "atom: slot_mapping has ",
-                    slots.count, " tokens but key has ", k.size(0), " and value ", v.size(0));
+  ATOM_CHECK_VALUE(k.size(1) == v.size(1), "atom: key has ", k.size(1), " heads but value has ",
+                   v.size(1));
+  ATOM_CHECK_VALUE(slots.count <= k.size(0) && slots.count <= v.size(0), "atom: slot_mapping has ",
+                   slots.count, " tokens but key has ", k.size(0), " and value ", v.size(0));
   const PagedCacheView kc = cache_view(key_cache, "key_cache", k_scale, k_scale_holder);
   const PagedCacheView vc = cache_view(value_cache, "value_cache", v_scale, v_scale_holder);
   const DType dtype = to_dtype(key, "key");
@@ -137,16 +137,16 @@ void fused_qk_norm_rope_cache(at::Tensor& q, at::Tensor& k, const at::Tensor& v,
     check_device(*t, name, q, "q");
   }
   const int64_t tokens = q.size(0), head_size = q.size(2);
-  TORCH_CHECK_VALUE(k.size(0) == tokens && v.size(0) == tokens && k.size(2) == head_size &&
+  ATOM_CHECK_VALUE(k.size(0) == tokens && v.size(0) == tokens && k.size(2) == head_size &&
                         v.size(2) == head_size && v.size(1) == k.size(1),
-                    "atom: q ", q.sizes(), ", k ", k.sizes(), " and v ", v.sizes(),
-                    " must be [T, Hq, D], [T, Hkv, D], [T, Hkv, D]");
+                   "atom: q ", q.sizes(), ", k ", k.sizes(), " and v ", v.sizes(),
+                   " must be [T, Hq, D], [T, Hkv, D], [T, Hkv, D]");
   const IndexView pos = index_view(positions, "positions", pos_holder);
-  TORCH_CHECK_VALUE(pos.count == tokens, "atom: positions has ", pos.count, " entries for ",
-                    tokens, " tokens");
+  ATOM_CHECK_VALUE(pos.count == tokens, "atom: positions has ", pos.count, " entries for ",
+                   tokens, " tokens");
   const IndexView slots = index_view(slot_mapping, "slot_mapping", slot_holder);
-  TORCH_CHECK_VALUE(slots.count <= tokens, "atom: slot_mapping has ", slots.count,
-                    " entries for ", tokens, " tokens");
+  ATOM_CHECK_VALUE(slots.count <= tokens, "atom: slot_mapping has ", slots.count,
+                   " entries for ", tokens, " tokens");
 
   // One dtype for both norm weights (an absent one takes the other's).
   std::optional<at::Tensor> weights[2] = {q_norm_weight, k_norm_weight};
@@ -155,8 +155,8 @@ void fused_qk_norm_rope_cache(at::Tensor& q, at::Tensor& k, const at::Tensor& v,
     if (!weights[i].has_value()) continue;
     const char* name = i == 0 ? "q_norm_weight" : "k_norm_weight";
     check_dim(*weights[i], name, 1);
-    TORCH_CHECK_VALUE(weights[i]->size(0) == head_size, "atom: ", name, " has ",
-                      weights[i]->size(0), " elements for head_size ", head_size);
+    ATOM_CHECK_VALUE(weights[i]->size(0) == head_size, "atom: ", name, " has ",
+                     weights[i]->size(0), " elements for head_size ", head_size);
     check_device(*weights[i], name, q, "q");
     float_dtype(*weights[i], name);
     weights[i] = weights[i]->contiguous();

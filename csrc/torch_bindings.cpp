@@ -67,6 +67,11 @@ static PyModuleDef atom_c_module = {PyModuleDef_HEAD_INIT,
                                     nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) {
+  // `import atom._C` on its own still initializes torch's Python side (torch.ops, and the
+  // translation of c10::ValueError into ValueError) before anyone can call our ops.
+  PyObject* torch = PyImport_ImportModule("torch");
+  if (torch == nullptr) return nullptr;
+  Py_DECREF(torch);
   PyObject* module = PyModule_Create(&atom_c_module);
   if (module == nullptr) return nullptr;
   if (PyModule_AddStringConstant(module, "gpu_backend", atom::gpu_backend()) < 0 ||

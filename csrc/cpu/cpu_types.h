@@ -3,7 +3,6 @@
 #pragma once
 
 #include <c10/util/BFloat16.h>
-#include <c10/util/Exception.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <c10/util/Float8_e4m3fnuz.h>
 #include <c10/util/Half.h>
@@ -11,6 +10,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../check.h"
 #include "../launch_params.h"
 
 namespace atom::cpu {
@@ -29,7 +29,7 @@ void dispatch_float(DType dtype, const char* op, Fn&& fn) {
       fn(c10::Half{});
       break;
     default:
-      TORCH_CHECK_VALUE(false, "atom: ", op, ": unsupported activation dtype");
+      throw_value_error(c10::str("atom: ", op, ": unsupported activation dtype"));
   }
 }
 
@@ -46,7 +46,8 @@ void dispatch_cache(DType dtype, DType cache_dtype, const char* op, Fn&& fn) {
     } else if (cache_dtype == DType::kFloat8E4M3FNUZ) {
       fn(t, c10::Float8_e4m3fnuz{});
     } else {
-      TORCH_CHECK_VALUE(false, "atom: ", op, ": the cache must have the activations' dtype or be fp8");
+      throw_value_error(
+          c10::str("atom: ", op, ": the cache must have the activations' dtype or be fp8"));
     }
   });
 }
@@ -91,16 +92,16 @@ inline void check_slots(const IndexView& slots, int64_t count, const PagedCacheV
   const int64_t capacity = cache.num_blocks * cache.block_size;
   for (int64_t t = 0; t < count; ++t) {
     const int64_t s = load_index(slots, t);
-    TORCH_CHECK_VALUE(s < capacity, "atom: slot_mapping[", t, "] = ", s,
-                      " is past the end of the cache (", capacity, " slots)");
+    ATOM_CHECK_VALUE(s < capacity, "atom: slot_mapping[", t, "] = ", s,
+                     " is past the end of the cache (", capacity, " slots)");
   }
 }
 
 inline void check_positions(const IndexView& positions, int64_t count, int64_t max_position) {
   for (int64_t t = 0; t < count; ++t) {
     const int64_t pos = load_index(positions, t);
-    TORCH_CHECK_VALUE(pos >= 0 && pos < max_position, "atom: positions[", t, "] = ", pos,
-                      " is outside the cos_sin_cache (", max_position, " positions)");
+    ATOM_CHECK_VALUE(pos >= 0 && pos < max_position, "atom: positions[", t, "] = ", pos,
+                     " is outside the cos_sin_cache (", max_position, " positions)");
   }
 }
 
