@@ -1,4 +1,7 @@
 // Launchers of rms_norm, fused_add_rms_norm and silu_and_mul (raw pointers in, no torch).
+#include <climits>
+#include <type_traits>
+
 #include "../launchers.h"
 #include "activation_kernels.cuh"
 #include "dispatch.cuh"
@@ -7,11 +10,6 @@
 namespace atom::gpu {
 
 namespace {
-
-// Enough threads that each holds at most kNormCachedVectors vectors of the row in registers.
-int norm_threads(int64_t num_vecs) {
-  return block_threads(ceil_div(num_vecs, kNormCachedVectors), 1024);
-}
 
 // Calls fn(W{}) with the weight's element traits: the activations' or fp32 (the glue converts
 // any other weight dtype to fp32).
@@ -27,20 +25,31 @@ void dispatch_weight(DType weight_dtype, DType dtype, const char* op, Fn&& fn) {
   }
 }
 
-// Launches kernel<T, W, V> (16-byte vectors) when x, out and the weight allow it, else <T, W, 1>.
-template <typename T, typename W, typename Params, typename Wide, typename Narrow>
-void launch_norm(const Params& p, bool rows_aligned, void* stream, Wide wide_kernel,
-                 Narrow narrow_kernel) {
-  using S = typename T::storage;
-  constexpr int V = 16 / sizeof(S);
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// Picks the vector width (16 bytes of T when x, out / residual and the weight allow it, else 1
+// element) and the block shape (norm_shape), then calls launch(Int<V>{}, Int<kVecs>{}, shape).
+template <typename T, typename W, typename Params, typename Launch>
+void launch_norm(const Params& p, bool rows_aligned, const char* op, Launch&& launch) {
+  if (p.hidden > INT32_MAX) {
+    throw std::invalid_argument(std::string("atom: ") + op + ": hidden size " +
+                                std::to_string(p.hidden) + " is too large (>= 2^31)");
+  }
+  constexpr int V = 16 / sizeof(typename T::storage);
   const bool wide = rows_aligned && p.hidden % V == 0 &&
                     vector_aligned(p.weight, sizeof(typename W::storage), V, {});
-  const int64_t num_vecs = wide ? p.hidden / V : p.hidden;
-  const auto s = static_cast<gpuStream_t>(stream);
+  const NormShape shape = norm_shape(wide ? p.hidden / V : p.hidden);
   if (wide) {
-    wide_kernel<<<p.rows, norm_threads(num_vecs), 0, s>>>(p);
+    if (shape.vecs_per_thread == 2) {
+      launch(Int<V>{}, Int<2>{}, shape);
+    } else {
+      launch(Int<V>{}, Int<4>{}, shape);
+    }
+  } else if (shape.vecs_per_thread == 2) {
+    launch(Int<1>{}, Int<2>{}, shape);
   } else {
-    narrow_kernel<<<p.rows, norm_threads(num_vecs), 0, s>>>(p);
+    launch(Int<1>{}, Int<4>{}, shape);
   }
 }
 
@@ -56,7 +65,10 @@ void rms_norm(const RmsNormParams& p, void* stream) {
       using W = decltype(w);
       const bool aligned = vector_aligned(p.x, sizeof(S), V, {p.x_row_stride}) &&
                            vector_aligned(p.out, sizeof(S), V, {p.out_row_stride});
-      launch_norm<T, W>(p, aligned, stream, rms_norm_kernel<T, W, V>, rms_norm_kernel<T, W, 1>);
+      launch_norm<T, W>(p, aligned, "rms_norm", [&](auto v, auto vecs, NormShape shape) {
+        rms_norm_kernel<T, W, decltype(v)::value, 1, decltype(vecs)::value, false>
+            <<<p.rows, shape.threads, 0, static_cast<gpuStream_t>(stream)>>>(p);
+      });
     });
   });
   check_launch("rms_norm");
@@ -72,8 +84,10 @@ void fused_add_rms_norm(const FusedAddRmsNormParams& p, void* stream) {
       using W = decltype(w);
       const bool aligned = vector_aligned(p.x, sizeof(S), V, {p.x_row_stride}) &&
                            vector_aligned(p.residual, sizeof(S), V, {p.residual_row_stride});
-      launch_norm<T, W>(p, aligned, stream, fused_add_rms_norm_kernel<T, W, V>,
-                        fused_add_rms_norm_kernel<T, W, 1>);
+      launch_norm<T, W>(p, aligned, "fused_add_rms_norm", [&](auto v, auto vecs, NormShape shape) {
+        fused_add_rms_norm_kernel<T, W, decltype(v)::value, 1, decltype(vecs)::value, false>
+            <<<p.rows, shape.threads, 0, static_cast<gpuStream_t>(stream)>>>(p);
+      });
     });
   });
   check_launch("fused_add_rms_norm");

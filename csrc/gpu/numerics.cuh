@@ -42,6 +42,13 @@ ATOM_HD float float_of(uint32_t u) {
 
 // bf16 = the top 16 bits of fp32, rounded to nearest even; every NaN becomes 0x7FC0 (as in c10).
 ATOM_HD uint16_t bf16_from_float(float f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  // Ampere and later round in one instruction (the same round to nearest even, subnormals kept);
+  // its NaN is the canonical 0x7FFF, so NaN is mapped to c10's 0x7FC0 here.
+  uint16_t h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return f != f ? static_cast<uint16_t>(0x7fc0u) : h;
+#endif
   uint32_t u = bits_of(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
   u += 0x7fffu + ((u >> 16) & 1u);

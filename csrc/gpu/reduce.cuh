@@ -29,4 +29,26 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
+// N sums over the whole block with one pair of barriers for all of them: v[n] becomes the block's
+// total of v[n], in every thread. `scratch` is __shared__ float[N][32]; as block_sum otherwise.
+template <int N>
+__device__ __forceinline__ void block_sums(float (&v)[N], float (*scratch)[32]) {
+  const int lane = threadIdx.x % warpSize;
+  const int warp = threadIdx.x / warpSize;
+  const int num_warps = (blockDim.x + warpSize - 1) / warpSize;
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    v[n] = group_sum(v[n], warpSize);
+    if (lane == 0) scratch[n][warp] = v[n];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    float total = 0.0f;
+    for (int w = 0; w < num_warps; ++w) total += scratch[n][w];
+    v[n] = total;
+  }
+  __syncthreads();  // scratch may be reused by the caller's next reduction
+}
+
 }  // namespace atom::gpu
