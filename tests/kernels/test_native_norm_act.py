@@ -114,13 +114,20 @@ def test_silu_and_mul(device, rows, d, dtype, layout):
     assert_rule10(out, ref_act.silu_and_mul(x), ref_act.silu_and_mul(x.float()), "silu_and_mul")
 
 
+# Row widths around each block-shape change of the GPU launcher (csrc/gpu/norm_kernels.cuh,
+# norm_shape; 16-bit elements per vector: 8): 2 vectors a thread up to 16384 (1024 threads), 4 up
+# to 32768, then a re-read tail; 40001 takes the unvectorized path (1 element per vector).
+LARGE_HIDDEN = [4096, 5120, 16384, 16392, 32768, 40000, 40001]
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("weight_fp32", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hidden", [4096, 5120, 40000])  # 40000 bf16: past the register cache
-def test_norms_large_rows_gpu(dtype, hidden):
+@pytest.mark.parametrize("hidden", LARGE_HIDDEN)
+def test_norms_large_rows_gpu(dtype, hidden, weight_fp32):
     x = torch.randn(33, hidden, device="cuda").to(dtype)
     residual = torch.randn(33, hidden, device="cuda").to(dtype)
-    w = torch.randn(hidden, device="cuda").to(dtype)
+    w = torch.randn(hidden, device="cuda").to(torch.float32 if weight_fp32 else dtype)
     assert_rule10(
         native.rms_norm(x, w, 1e-6),
         ref_norm.rms_norm(x, w, 1e-6),
