@@ -27,12 +27,28 @@ void rotary_embedding(const RotaryParams& p, void* stream) {
   if (p.tokens == 0 || p.cos_sin.rot_dim == 0) return;
   dispatch_float(p.dtype, "rotary_embedding", [&](auto t) {
     using T = decltype(t);
+    using S = typename T::storage;
+    constexpr int N = 16 / sizeof(S);
     const int64_t half = p.cos_sin.rot_dim / 2;
+    // 16-byte vectors when every item's vectors are aligned: neox items take N pairs from each
+    // half, gpt-j items N / 2 interleaved pairs.
+    const int64_t pairs_per_item = p.is_neox ? N : N / 2;
+    const bool wide = half % pairs_per_item == 0 &&
+                      vector_aligned(p.query.data, sizeof(S), N,
+                                     {p.query.token_stride, p.query.head_stride}) &&
+                      vector_aligned(p.key.data, sizeof(S), N,
+                                     {p.key.token_stride, p.key.head_stride});
     const int64_t heads = p.query.heads > p.key.heads ? p.query.heads : p.key.heads;
-    const int threads = block_threads(heads * half, 512);
+    const int threads = block_threads(heads * (wide ? half / pairs_per_item : half), 512);
     const size_t smem = static_cast<size_t>(p.cos_sin.rot_dim) * sizeof(float);
-    rotary_embedding_kernel<T>
-        <<<p.tokens, threads, smem, static_cast<gpuStream_t>(stream)>>>(p);
+    const auto s = static_cast<gpuStream_t>(stream);
+    if (!wide) {
+      rotary_embedding_kernel<T, 0, false><<<p.tokens, threads, smem, s>>>(p);
+    } else if (p.is_neox) {
+      rotary_embedding_kernel<T, N, true><<<p.tokens, threads, smem, s>>>(p);
+    } else {
+      rotary_embedding_kernel<T, N, false><<<p.tokens, threads, smem, s>>>(p);
+    }
   });
   check_launch("rotary_embedding");
 }

@@ -117,16 +117,32 @@ def test_rotary_embedding(device, data):
         k = torch.randn(tokens, hkv * d, device=device).to(dtype)
     else:
         q, k, _ = make_qkv(tokens, hq, hkv, d, dtype, device, layout)
-    q0, k0 = q.clone(), k.clone()
+    check_rotary(positions, q, k, d, table, is_neox)
 
-    out_q, out_k = native.rotary_embedding(positions, q, k, d, table, is_neox)
+
+def check_rotary(positions, q, k, head_size, table, is_neox):
+    q0, k0 = q.clone(), k.clone()
+    out_q, out_k = native.rotary_embedding(positions, q, k, head_size, table, is_neox)
     assert out_q is q and out_k is k  # in place
-    ref_q, ref_k = ref_rotary.rotary_embedding(positions, q0, k0, d, table, is_neox)
+    ref_q, ref_k = ref_rotary.rotary_embedding(positions, q0, k0, head_size, table, is_neox)
     gold_q, gold_k = ref_rotary.rotary_embedding(
-        positions, q0.float(), k0.float(), d, table.float(), is_neox
+        positions, q0.float(), k0.float(), head_size, table.float(), is_neox
     )
     assert_rule10(out_q, ref_q, gold_q, "rotary q")
     assert_rule10(out_k, ref_k, gold_k, "rotary k")
+
+
+# The GPU kernel's paths: 16-byte vectors when half the rotary width is a multiple of the pairs a
+# vector holds (neox: 8 for 16-bit types, 4 for fp32; gpt-j: half that) and heads are aligned,
+# else one pair at a time (odd head size 83; half = 20 with neox in 16-bit types).
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False])
+@pytest.mark.parametrize(("d", "rot_dim"), [(128, 128), (128, 64), (64, 32), (80, 40), (83, 82)])
+def test_rotary_embedding_paths_gpu(dtype, is_neox, d, rot_dim):
+    q, k, _ = make_qkv(65, 32, 8, d, dtype, "cuda", "fused_padded")
+    positions = torch.randint(0, MAX_POSITION, (65,), device="cuda")
+    check_rotary(positions, q, k, d, make_cos_sin(rot_dim, torch.float32, "cuda"), is_neox)
 
 
 @pytest.mark.parametrize("device", DEVICES)
