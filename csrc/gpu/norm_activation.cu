@@ -1,5 +1,4 @@
 // Launchers of rms_norm, fused_add_rms_norm and silu_and_mul (raw pointers in, no torch).
-#include <climits>
 #include <type_traits>
 
 #include "../launchers.h"
@@ -32,9 +31,10 @@ using Int = std::integral_constant<int, N>;
 // element) and the block shape (norm_shape), then calls launch(Int<V>{}, Int<kVecs>{}, shape).
 template <typename T, typename W, typename Params, typename Launch>
 void launch_norm(const Params& p, bool rows_aligned, const char* op, Launch&& launch) {
-  if (p.hidden > INT32_MAX) {
+  // The kernels index within a row in 32 bits (with room for the last stride step).
+  if (p.hidden >= (int64_t{1} << 30)) {
     throw std::invalid_argument(std::string("atom: ") + op + ": hidden size " +
-                                std::to_string(p.hidden) + " is too large (>= 2^31)");
+                                std::to_string(p.hidden) + " is too large (>= 2^30)");
   }
   constexpr int V = 16 / sizeof(typename T::storage);
   const bool wide = rows_aligned && p.hidden % V == 0 &&

@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kNormMaxThreads) rms_norm_kernel(RmsNormParams
   __shared__ float scratch[kRows][32];
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const VecW* weight = static_cast<const VecW*>(p.weight);
-  // Within a row, 32-bit indices (the launcher rejects rows of 2^31 elements or more).
+  // Within a row, 32-bit indices (the launcher rejects rows of 2^30 elements or more).
   const int num_vecs = static_cast<int>(p.hidden / V);
   const int tid = threadIdx.x, stride = blockDim.x;
   auto x_row = [&](int r) {
