@@ -133,7 +133,11 @@ for r in rows:
     print(f"{r['max_concurrency']:>5} {r['completed']:>5} {r['request_throughput']:>7.2f} "
           f"{r['output_throughput']:>10.1f} {r['mean_ttft_ms']:>9.1f} {r['p99_ttft_ms']:>8.1f} "
           f"{r['mean_tpot_ms']:>8.2f} {r['p99_tpot_ms']:>7.2f} {r['mean_itl_ms']:>7.2f}")
-json.dump({"model": "Meta-Llama-3-8B shape, dummy weights, bf16", "runs": rows},
+import datetime, os, torch
+json.dump({"model": "Meta-Llama-3-8B shape, dummy weights, bf16",
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "server_args": os.environ.get("SERVER_ARGS", ""), "runs": rows},
           open(summary_path, "w"), indent=2)
 PY
 if [[ -n "${OUT:-}" ]]; then
