@@ -27,6 +27,10 @@ SMOLLM2_SHAPE = {
 }  # fmt: skip
 # GPU kernels may compute fp32 dot products in TF32: a greedy choice may differ from HF's only
 # where HF's own top two logits are this close (the sequences then diverge legitimately).
+# Level 1 (decode CUDA graphs, no torch.compile): these tests check the engine's behaviour on the GPU;
+# every level's equality with eager is tested in test_cuda_graph_gpu.py, and compiling each engine
+# here made this file run for minutes.
+GPU_TEST_LEVEL = 1
 NEAR_TIE = 5e-3
 
 
@@ -72,7 +76,13 @@ def test_greedy_fp32_matches_transformers_on_gpu(models, name):
     from atom import LLMEngine
 
     folder = models[name]
-    engine = LLMEngine(model=str(folder), dtype="float32", num_kv_blocks=256, max_model_len=128)
+    engine = LLMEngine(
+        level=GPU_TEST_LEVEL,
+        model=str(folder),
+        dtype="float32",
+        num_kv_blocks=256,
+        max_model_len=128,
+    )
     assert engine.runner.device.type == "cuda"
     batch = prompts(8, 400)
     outs = engine.generate(batch, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
@@ -87,7 +97,7 @@ def test_scheduling_invariance_on_gpu(models):
     folder = str(models["tiny"])
     batch = prompts(16, 400, seed=1)
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
-    base = LLMEngine(model=folder, dtype="float32", num_kv_blocks=256)
+    base = LLMEngine(level=GPU_TEST_LEVEL, model=folder, dtype="float32", num_kv_blocks=256)
     alone = [base.generate([p], params)[0]["token_ids"] for p in batch]
     for options in (
         {},
@@ -95,14 +105,16 @@ def test_scheduling_invariance_on_gpu(models):
         {"num_kv_blocks": 12, "block_size": 16, "max_model_len": 128},
         {"max_num_batched_tokens": 7},
     ):
-        engine = LLMEngine(model=folder, dtype="float32", **{"num_kv_blocks": 256, **options})
+        engine = LLMEngine(
+            level=GPU_TEST_LEVEL, model=folder, dtype="float32", **{"num_kv_blocks": 256, **options}
+        )
         assert [o["token_ids"] for o in engine.generate(batch, params)] == alone, options
 
 
 def test_seeded_sampling_on_gpu(models):
     from atom import LLMEngine
 
-    engine = LLMEngine(model=str(models["tiny"]), num_kv_blocks=128)
+    engine = LLMEngine(level=GPU_TEST_LEVEL, model=str(models["tiny"]), num_kv_blocks=128)
     sp = SamplingParams(temperature=0.8, top_p=0.9, seed=11, max_tokens=16, ignore_eos=True)
     p = prompts(1, 400, seed=5)[0]
     alone = engine.generate([p], sp)[0]["token_ids"]
@@ -116,7 +128,7 @@ def test_kv_cache_sized_from_gpu_memory_utilization(models):
     from atom import LLMEngine
 
     total = torch.cuda.mem_get_info()[1]
-    engine = LLMEngine(model=str(models["tiny"]), gpu_memory_utilization=0.2,
+    engine = LLMEngine(level=GPU_TEST_LEVEL, model=str(models["tiny"]), gpu_memory_utilization=0.2,
                        max_num_batched_tokens=2048, max_num_seqs=64)  # fmt: skip
     kv_bytes = engine.runner.num_blocks * engine.runner.bytes_per_block
     assert 0.1 * total < kv_bytes < 0.2 * total
@@ -129,7 +141,7 @@ def test_kv_cache_sized_from_gpu_memory_utilization(models):
 def test_bf16_engine_runs_on_gpu(models, kv_cache_dtype):
     from atom import LLMEngine
 
-    engine = LLMEngine(model=str(models["smollm2-shape"]), dtype="bfloat16", num_kv_blocks=128,
+    engine = LLMEngine(level=GPU_TEST_LEVEL, model=str(models["smollm2-shape"]), dtype="bfloat16", num_kv_blocks=128,
                        max_model_len=256, kv_cache_dtype=kv_cache_dtype)  # fmt: skip
     assert engine.model_config.dtype == torch.bfloat16
     assert engine.runner.kv_caches[0][0].dtype.itemsize == (2 if kv_cache_dtype == "bf16" else 1)
