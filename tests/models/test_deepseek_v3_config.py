@@ -124,7 +124,7 @@ def test_model_layers_and_fp32_gate(tmp_path):
     assert [a.layer_idx for a in layers] == [0, 1, 2, 3]
     assert all(isinstance(a, MultiHeadLatentAttention) for a in layers)
     kinds = [type(layer.mlp).__name__ for layer in model.model.layers]
-    assert kinds == ["DeepseekV3MLP", "DeepseekV3MLP", "DeepseekV3MoE", "DeepseekV3MoE"]
+    assert kinds == ["GatedMLP", "GatedMLP", "DeepseekV3MoE", "DeepseekV3MoE"]
     gate = model.model.layers[2].mlp.gate
     assert (
         gate.weight.dtype == torch.float32 and gate.e_score_correction_bias.dtype == torch.float32

@@ -18,7 +18,7 @@ from hf_compare import (
 )
 
 from atom.layers.moe import FusedMoE
-from atom.models.qwen3 import GatedMLP
+from atom.models.decoder import GatedMLP
 
 CONFIG = REPO / "models" / "qwen3_moe" / "tiny_config.json"
 VARIANTS = {

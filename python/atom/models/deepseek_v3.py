@@ -4,7 +4,8 @@ experts, fewer heads). Matches transformers' models/deepseek_v3/modeling_deepsee
 Pre-norm decoder: h = h + MLA(RMSNorm(h)); h = h + FFN(RMSNorm(h)); final RMSNorm; LM head. The
 FFN of the first ``first_k_dense_replace`` layers is a dense SwiGLU MLP; the others are MoE: the
 grouped-sigmoid router (correction bias, routed scaling), the routed experts (FusedMoE) and
-``n_shared_experts`` shared experts as one SwiGLU MLP added to the routed output.
+``n_shared_experts`` shared experts as one SwiGLU MLP added to the routed output. Assembled
+from the blocks of atom/models/decoder.py with MLA as the attention and its own RoPE table.
 """
 
 from __future__ import annotations
@@ -12,28 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atom.forward_context import AttentionMetadata
-from atom.layers.activation import gated_activation
-from atom.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from atom.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from atom.layers.mla import MultiHeadLatentAttention
 from atom.layers.moe import FusedMoE, MoeRouter
-from atom.layers.norm import RMSNorm
 from atom.layers.rotary import RotaryEmbedding, get_rope
 from atom.layers.rotary_yarn import softmax_scale_multiplier
 from atom.model_config import ModelConfig
-
-
-class DeepseekV3MLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
-        super().__init__()
-        size = intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [size, size], bias=False)
-        self.act_fn = gated_activation(hidden_act)
-        self.down_proj = RowParallelLinear(size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+from atom.models.decoder import DecoderForCausalLM, DecoderLayer, GatedMLP, dense_mlp
 
 
 class DeepseekV3MoE(nn.Module):
@@ -56,7 +41,7 @@ class DeepseekV3MoE(nn.Module):
         )
         shared = c.moe_intermediate_size * c.n_shared_experts
         self.shared_experts = (
-            DeepseekV3MLP(config.hidden_size, shared, config.hidden_act) if shared else None
+            GatedMLP(config.hidden_size, shared, config.hidden_act) if shared else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,86 +61,40 @@ def make_attention(config: ModelConfig, rotary_emb: RotaryEmbedding, layer_idx: 
     )  # fmt: skip
 
 
-class DeepseekV3DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer_idx: int):
-        super().__init__()
-        self.self_attn = make_attention(config, rotary_emb, layer_idx)
-        if config.is_moe_layer(layer_idx):  # from first_k_dense_replace (and moe_layer_freq)
-            self.mlp = DeepseekV3MoE(config)
-        else:
-            self.mlp = DeepseekV3MLP(
-                config.hidden_size, config.intermediate_size, config.hidden_act
-            )
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, positions, hidden, residual, meta):
-        """Carries (hidden, residual) so each norm fuses the residual add before it."""
-        if residual is None:
-            hidden, residual = self.input_layernorm(hidden), hidden
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
-
-
-class DeepseekV3Model(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        hf = config.hf_config
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        rotary_emb = get_rope(
-            hf.qk_rope_head_dim, hf.qk_rope_head_dim, config.max_model_len, config.rope_theta,
-            # Interleaved pairs unless the config says otherwise (remote-code configs predate it).
-            is_neox=not getattr(hf, "rope_interleave", True), scaling=config.rope_scaling,
-            device=self.embed_tokens.weight.device,
-        )  # fmt: skip
-        self.layers = nn.ModuleList(
-            DeepseekV3DecoderLayer(config, rotary_emb, i) for i in range(config.num_hidden_layers)
-        )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids, positions, meta):
-        hidden, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, meta)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
-
-
-class DeepseekV3ForCausalLM(nn.Module):
+class DeepseekV3ForCausalLM(DecoderForCausalLM):
+    # MLA's projections are separate matrices (q_proj / q_a_proj, kv_a_proj_with_mqa, ...).
     packed_modules_mapping = {
         "gate_proj": ("gate_up_proj", 0),
         "up_proj": ("gate_up_proj", 1),
     }
+    checkpoint_renames = {}
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
         hf = config.hf_config
-        self.config = config
-        self.tie_word_embeddings = config.tie_word_embeddings
         # DeepSeek-V3 checkpoints carry the MTP module(s) as layers N.. (speculative decoding).
         num_mtp = getattr(hf, "num_nextn_predict_layers", None) or getattr(hf, "num_mtp_layers", 0)
         first = config.num_hidden_layers
         skips = [rf"^model\.layers\.{i}\." for i in range(first, first + num_mtp)]
         if not config.n_shared_experts:  # transformers still saves empty shared-expert tensors
             skips.append(r"\.mlp\.shared_experts\.")
+        super().__init__(config)
         self.skip_checkpoint_weights = tuple(skips)
-        self.model = DeepseekV3Model(config)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if config.tie_word_embeddings:
-            self.lm_head.tie_to(self.model.embed_tokens)
 
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata
-    ) -> torch.Tensor:
-        """input_ids, positions: [T] int64 -> hidden [T, hidden_size] (final-normed)."""
-        return self.model(input_ids, positions, attn_metadata)
+    def make_rope(self, config: ModelConfig, device: torch.device) -> RotaryEmbedding:
+        """RoPE over the qk_rope_head_dim part of each head only (the nope part never turns)."""
+        hf = config.hf_config
+        return get_rope(
+            hf.qk_rope_head_dim, hf.qk_rope_head_dim, config.max_model_len, config.rope_theta,
+            # Interleaved pairs unless the config says otherwise (remote-code configs predate it).
+            is_neox=not getattr(hf, "rope_interleave", True), scaling=config.rope_scaling,
+            device=device,
+        )  # fmt: skip
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden_size] -> logits [N, vocab_size] fp32."""
-        return self.lm_head(hidden)
+    def make_layer(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer_idx: int):
+        attention = make_attention(config, rotary_emb, layer_idx)
+        # MoE from first_k_dense_replace (and moe_layer_freq) on, dense SwiGLU before.
+        mlp = DeepseekV3MoE(config) if config.is_moe_layer(layer_idx) else dense_mlp(config)
+        return DecoderLayer(config, attention, mlp)
 
     def attention_layers(self) -> list[MultiHeadLatentAttention]:
         return [layer.self_attn for layer in self.model.layers]

@@ -21,7 +21,7 @@ from torch import nn
 from atom.layers.moe import FusedMoE, MoeRouter
 from atom.layers.rotary import RotaryEmbedding
 from atom.model_config import ModelConfig
-from atom.models.qwen3 import (
+from atom.models.decoder import (
     DecoderAttention,
     DecoderForCausalLM,
     DecoderLayer,

@@ -23,7 +23,7 @@ from atom.kernels.reference.moe import GPTOSS_ALPHA, GPTOSS_LIMIT
 from atom.layers.moe import FusedMoE, MoeRouter
 from atom.layers.rotary import RotaryEmbedding
 from atom.model_config import ModelConfig
-from atom.models.qwen3 import DecoderAttention, DecoderForCausalLM, DecoderLayer
+from atom.models.decoder import DecoderAttention, DecoderForCausalLM, DecoderLayer
 
 
 class GptOssMoeBlock(nn.Module):

@@ -14,7 +14,8 @@ from torch import nn
 from atom.layers.moe import FusedMoE, MoeRouter
 from atom.layers.rotary import RotaryEmbedding
 from atom.model_config import ModelConfig
-from atom.models.qwen3 import DecoderForCausalLM, DecoderLayer, dense_mlp, qwen3_attention
+from atom.models.decoder import DecoderForCausalLM, DecoderLayer, dense_mlp
+from atom.models.qwen3 import qwen3_attention
 
 
 class Qwen3MoeSparseBlock(nn.Module):
