@@ -1,28 +1,28 @@
-// ATOM_CHECK_VALUE(cond, parts...): if cond is false, raises c10::ValueError (a Python ValueError)
-// whose message is the parts streamed together, like TORCH_CHECK_VALUE.
+// ATOM_CHECK_VALUE(cond, parts...): if cond is false, throws std::invalid_argument (a Python
+// ValueError) whose message is the parts streamed together, like TORCH_CHECK_VALUE.
 //
-// Why not TORCH_CHECK_VALUE itself: its c10::Error constructor (the one taking a source location)
-// also captures the C++ stack through torch's stack-trace fetcher, walking every frame of the
-// thread up to the interpreter's. On the H100 machine (torch 2.11, our .so built there) the
-// first such error thrown from atom._C killed the process with SIGSEGV, while a
-// std::runtime_error thrown from deeper in the same extension (a failed kernel launch) reached
-// Python fine: the unwinding itself works, the stack capture is the suspect. A bad-input error
-// needs no C++ backtrace (torch prints it only under TORCH_SHOW_CPP_STACKTRACES=1; the message
-// names the offending value), so these errors are built with the constructor that takes none.
+// Why not a c10::Error (TORCH_CHECK_VALUE, or c10::ValueError built without a backtrace): on the
+// H100 machine (torch 2.11+cu130, extensions built there with GCC 13.3) a TORCH_CHECK_VALUE
+// thrown from a tiny extension, and any c10::ValueError thrown from atom._C, killed the process
+// with SIGSEGV, while a std::runtime_error thrown from the same atom._C (a failed kernel launch)
+// reached Python fine (tools/gpu/error_probe.py; benchmarks/results/error_probe_h100_*.json).
+// A standard exception keeps c10's error machinery (stack capture, c10::Error's vtable and
+// what()) out of the path entirely. torch.ops.* calls are pybind11 functions, and pybind11
+// turns std::invalid_argument into ValueError (std::out_of_range into IndexError; other
+// std::exceptions into RuntimeError). The Python wrappers (atom/kernels/native_checks.py) also
+// check every argument before the op runs, so a user mistake never reaches this at all.
 #pragma once
 
-#include <c10/util/Exception.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/StringUtil.h>
 
+#include <stdexcept>
 #include <string>
-#include <utility>
 
 namespace atom {
 
-// `{}` is the "no backtrace" value of c10::Error's second constructor argument in every torch
-// version (a std::string in older releases, a lazily computed backtrace pointer in newer ones).
-[[noreturn]] inline void throw_value_error(std::string message) {
-  throw c10::ValueError(std::move(message), {});
+[[noreturn]] inline void throw_value_error(const std::string& message) {
+  throw std::invalid_argument(message);
 }
 
 }  // namespace atom

@@ -12,7 +12,9 @@ strided (e.g. q, k, v as views of one fused qkv output) as long as the innermost
 contiguous; other layouts are handled through a contiguous copy. Dtypes the kernels take:
 activations float32 / bfloat16 / float16; weights and RoPE tables any of those; positions and
 slot mappings int64 or int32; KV caches the activations' dtype or fp8 e4m3 (fn / fnuz) with an
-optional per-tensor scale. Anything else raises ValueError naming the offending tensor.
+optional per-tensor scale. Anything else raises ValueError naming the offending tensor: each
+wrapper checks its arguments in Python first (``native_checks``), so a mistake never reaches C++
+(on the H100 machine an error thrown inside an extension could crash the process).
 
 On a GPU, positions outside the cos/sin cache and slots past the end of the KV cache are skipped
 (a kernel cannot raise); the CPU twins reject them with ValueError, like the reference's
@@ -24,6 +26,7 @@ from __future__ import annotations
 import torch
 
 import atom._C as _C  # noqa: F401  (raises ImportError when the extension is not built)
+from atom.kernels import native_checks as checks
 from atom.kernels import native_fake  # noqa: F401  (fake impls for torch.compile)
 from atom.kernels.registry import register
 
@@ -41,6 +44,7 @@ _ops = torch.ops.atom
 @register("rms_norm", "native", devices=_DEVICES)
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x: [..., hidden]; weight: [hidden]. Returns a new contiguous tensor in x's dtype."""
+    checks.rms_norm(x, weight, eps)
     return _ops.rms_norm(x, weight, eps)
 
 
@@ -50,6 +54,7 @@ def fused_add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """In place: residual <- x + residual (rounded to residual's dtype), x <- rms_norm(residual).
     Returns (x, residual)."""
+    checks.fused_add_rms_norm(x, residual, weight, eps)
     if x.dtype != residual.dtype:
         # The kernel takes one dtype. The reference rounds the fp32 sum to residual's dtype and
         # normalizes that, returning it in residual's dtype: do exactly the same in two steps.
@@ -62,6 +67,7 @@ def fused_add_rms_norm(
 @register("silu_and_mul", "native", devices=_DEVICES)
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [..., 2 * d] = [gate | up]; returns silu(gate) * up: [..., d]."""
+    checks.silu_and_mul(x)
     return _ops.silu_and_mul(x)
 
 
@@ -76,6 +82,7 @@ def rotary_embedding(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """query: [T, Hq * head_size] or [T, Hq, head_size]; key likewise. Rotates both in place and
     returns (query, key)."""
+    checks.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)
     _ops.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)
     return query, key
 
@@ -91,6 +98,7 @@ def reshape_and_cache(
     v_scale: torch.Tensor | None = None,
 ) -> None:
     """Writes key/value [>= T, Hkv, D] into the caches at slot_mapping [T] (-1 = skip)."""
+    checks.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale)
     _ops.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale)
 
 
@@ -113,6 +121,10 @@ def fused_qk_norm_rope_cache(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [T, Hq, D], k/v: [T, Hkv, D]. Normalizes (optional) and rotates q and k in place,
     writes k and v to the caches, and returns (q, k)."""
+    checks.fused_qk_norm_rope_cache(
+        q, k, v, q_norm_weight, k_norm_weight, eps, positions, cos_sin_cache, is_neox,
+        key_cache, value_cache, slot_mapping, k_scale, v_scale,
+    )  # fmt: skip
     _ops.fused_qk_norm_rope_cache(
         q, k, v, q_norm_weight, k_norm_weight, eps, positions, cos_sin_cache, is_neox,
         key_cache, value_cache, slot_mapping, k_scale, v_scale,
