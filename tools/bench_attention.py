@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,7 +30,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_common  # noqa: E402
 from atom.kernels.reference.attention import gather_kv  # noqa: E402
 from atom.kernels.reference.attention import paged_attention as reference_attention  # noqa: E402
 from atom.kernels.triton import DecodeConfig, UnifiedConfig, paged_attention  # noqa: E402
@@ -41,6 +40,14 @@ from atom.kernels.triton.attention_decode import default_decode_config  # noqa: 
 from atom.kernels.triton.attention_unified import default_unified_config  # noqa: E402
 from atom.kernels.triton.paged_attention import _num_sms  # noqa: E402
 from atom.kernels.triton.paged_testing import make_paged_batch  # noqa: E402
+from bench_common import (  # noqa: E402
+    copy_bandwidth_gbps,
+    file_slug,
+    kernel_result_header,
+    result_paths,
+    time_ms,
+    write_json,
+)
 
 # None of these spills registers on sm90 (ptxas, via atom.kernels.triton.compile_check).
 DECODE_CANDIDATES = [
@@ -57,21 +64,6 @@ PREFILL_CANDIDATES = [
 ]  # fmt: skip
 FULL = dict(batch=64, context=4096, prefill=4096, heads=32, kv_heads=8, head_dim=128, block=16)
 SMOKE = dict(batch=3, context=40, prefill=48, heads=4, kv_heads=2, head_dim=32, block=16)
-
-
-def time_ms(fn, device: str) -> float:
-    """Median milliseconds of fn (triton's do_bench flushes L2 between runs on the GPU)."""
-    if device == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
-    fn()
-    samples = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return sorted(samples)[1]
 
 
 def time_graph_ms(fn, device: str, reps: int = 30) -> float:
@@ -95,12 +87,6 @@ def time_graph_ms(fn, device: str, reps: int = 30) -> float:
         end.synchronize()
         samples.append(start.elapsed_time(end))
     return sorted(samples)[len(samples) // 2]
-
-
-def copy_bandwidth_gbps(device: str, nbytes: int) -> float:
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / (time_ms(lambda: dst.copy_(src), device) * 1e-3) / 1e9
 
 
 def decode_name(c: DecodeConfig) -> str:
@@ -248,7 +234,7 @@ def main() -> None:
         sys.exit("no GPU: run with --smoke under TRITON_INTERPRET=1 to check the script")
     shape = SMOKE if args.smoke else FULL
     sweep = not args.smoke
-    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)"
+    device_name = bench_common.device_name(device, cpu_name="cpu (interpreter)")
     copy_bw = copy_bandwidth_gbps(device, (1 << 30) if device == "cuda" else (1 << 22))
     print(f"{device_name}: {_num_sms(torch.device(device))} SMs, copy bandwidth {copy_bw:.0f} GB/s")
 
@@ -297,11 +283,7 @@ def main() -> None:
 
     now = datetime.datetime.now(datetime.timezone.utc)
     result = {
-        "benchmark": "paged_attention",
-        "device": device_name,
-        "date": now.isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
+        **kernel_result_header("paged_attention", device_name, now),
         "copy_bandwidth_GBps": copy_bw,
         "shape": shape,
         "decode_candidates": [asdict(c) for c in DECODE_CANDIDATES],
@@ -312,14 +294,10 @@ def main() -> None:
         "prefill": prefill,
         "chunked_prefill": chunked,
     }
-    slug = "".join(ch if ch.isalnum() else "_" for ch in device_name.lower()).strip("_")
-    name = f"attention_{slug}_{now.strftime('%Y%m%dT%H%M%S')}.json"
+    name = f"attention_{file_slug(device_name)}_{now.strftime('%Y%m%dT%H%M%S')}.json"
     out_dir = args.out_dir or (None if args.smoke else "benchmarks/results")
-    for folder in [out_dir, os.environ.get("OUT")]:
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            (Path(folder) / name).write_text(json.dumps(result, indent=1))
-            print(f"wrote {Path(folder) / name}")
+    for path in write_json(result, result_paths(name, out_dir)):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

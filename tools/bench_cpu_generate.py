@@ -15,15 +15,17 @@ Writes JSON to benchmarks/results/ (and to $OUT when set) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import result_paths, write_json  # noqa: E402
+
 TEXT = (
     "The history of computing is a story of abstraction. Early machines were programmed by "
     "rewiring them; later, instructions were stored in memory alongside data, and programmers "
@@ -116,12 +118,7 @@ def main() -> None:
         "results": rows,
     }
     name = f"cpu_generate_{time.strftime('%Y%m%d_%H%M%S')}.json"
-    out_dirs = [REPO / "benchmarks" / "results"]
-    if os.environ.get("OUT"):
-        out_dirs.append(Path(os.environ["OUT"]))
-    for d in out_dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        (d / name).write_text(json.dumps(result, indent=2))
+    paths = write_json(result, result_paths(name), indent=2)
 
     print(
         f"\nCPU generate, {result['model']}, torch {result['torch']}, {result['threads']} threads"
@@ -133,7 +130,7 @@ def main() -> None:
         print(f"{r['batch_size']:>5} {r['input_len']:>5} {r['output_len']:>5} "
               f"{r['hf_tokens_per_s']:>10.1f} {r['atom_tokens_per_s']:>11.1f} "
               f"{r['speedup']:>7.2f}x {str(r['tokens_match']):>12}")  # fmt: skip
-    print(f"results: {out_dirs[0] / name}")
+    print(f"results: {paths[0]}")
 
 
 if __name__ == "__main__":

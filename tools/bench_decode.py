@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import random
 import sys
 import time
@@ -33,6 +32,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import result_paths, write_json  # noqa: E402
 
 _COMMON = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -180,13 +182,7 @@ def device_info() -> dict:
 
 def save_results(result: dict, stem: str) -> Path:
     name = f"{stem}_{result['device'].replace(' ', '_').lower()}_{time.strftime('%Y%m%dT%H%M%S')}"
-    dirs = [REPO / "benchmarks" / "results"]
-    if os.environ.get("OUT"):
-        dirs.append(Path(os.environ["OUT"]))
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"{name}.json").write_text(json.dumps(result, indent=2))
-    return dirs[0] / f"{name}.json"
+    return write_json(result, result_paths(f"{name}.json"), indent=2)[0]
 
 
 # --- the single-stream benchmark --------------------------------------------------------------

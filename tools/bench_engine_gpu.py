@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -29,9 +28,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from atom import LLMEngine, SamplingParams  # noqa: E402
 from atom.engine.testing import write_random_llama  # noqa: E402
+from bench_common import result_paths, write_json  # noqa: E402
 
 TINY = json.loads((REPO / "models" / "llama" / "tiny_config.json").read_text())
 SMOLLM2_SHAPE = {
@@ -168,12 +169,7 @@ def main() -> None:
             rows.append(row)
         result["throughput_bf16"] = rows
 
-    out_dirs = [REPO / "benchmarks" / "results"] + (
-        [Path(os.environ["OUT"])] if os.environ.get("OUT") else []
-    )
-    for d in out_dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "engine_gpu.json").write_text(json.dumps(result, indent=2))
+    write_json(result, result_paths("engine_gpu.json"), indent=2)
 
     c = result["correctness_fp32"]
     print(f"\n{result.get('device', 'cpu')}, torch {result['torch']}, {result['model']}")

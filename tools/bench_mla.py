@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_common  # noqa: E402
 from atom.kernels.reference.mla import mla_decode as reference_mla  # noqa: E402
 from atom.kernels.triton.mla_decode import (  # noqa: E402
     MlaDecodeConfig,
@@ -44,6 +43,14 @@ from atom.kernels.triton.mla_decode import (  # noqa: E402
     mla_decode,
 )
 from atom.kernels.triton.paged_testing import make_paged_batch  # noqa: E402
+from bench_common import (  # noqa: E402
+    copy_bandwidth_gbps,
+    file_slug,
+    kernel_result_header,
+    result_paths,
+    time_ms,
+    write_json,
+)
 
 CANDIDATES = [
     MlaDecodeConfig(16, 32, 4, 2), MlaDecodeConfig(16, 64, 4, 2), MlaDecodeConfig(32, 32, 4, 2),
@@ -54,27 +61,6 @@ FULL = dict(batch=64, context=4096, heads=128, lora=512, rope=64, block=16)
 SMOKE = dict(batch=3, context=40, heads=20, lora=32, rope=16, block=16)
 # DeepSeek-V3: (qk_nope 128 + rope 64)^-0.5 * mscale(40, 1.0)^2.
 SCALE = 192**-0.5 * (0.1 * __import__("math").log(40) + 1) ** 2
-
-
-def time_ms(fn, device: str) -> float:
-    """Median milliseconds of fn (triton's do_bench flushes L2 between runs on the GPU)."""
-    if device == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
-    fn()
-    samples = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return sorted(samples)[1]
-
-
-def copy_bandwidth_gbps(device: str, nbytes: int) -> float:
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / (time_ms(lambda: dst.copy_(src), device) * 1e-3) / 1e9
 
 
 def name_of(c: MlaDecodeConfig) -> str:
@@ -162,7 +148,7 @@ def main() -> None:
     if device == "cpu" and not args.smoke:
         sys.exit("no GPU: run with --smoke under TRITON_INTERPRET=1 to check the script")
     shape = SMOKE if args.smoke else FULL
-    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)"
+    device_name = bench_common.device_name(device, cpu_name="cpu (interpreter)")
     copy_bw = copy_bandwidth_gbps(device, (1 << 30) if device == "cuda" else (1 << 22))
     print(f"{device_name}: {_num_sms(torch.device(device))} SMs, copy bandwidth {copy_bw:.0f} GB/s")
 
@@ -195,11 +181,7 @@ def main() -> None:
 
     now = datetime.datetime.now(datetime.timezone.utc)
     result = {
-        "benchmark": "mla_decode",
-        "device": device_name,
-        "date": now.isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
+        **kernel_result_header("mla_decode", device_name, now),
         "copy_bandwidth_GBps": copy_bw,
         "shape": shape,
         "softmax_scale": SCALE,
@@ -207,14 +189,10 @@ def main() -> None:
         "decode": main_row,
         "other": rows,
     }
-    slug = "".join(ch if ch.isalnum() else "_" for ch in device_name.lower()).strip("_")
-    name = f"mla_{slug}_{now.strftime('%Y%m%dT%H%M%S')}.json"
+    name = f"mla_{file_slug(device_name)}_{now.strftime('%Y%m%dT%H%M%S')}.json"
     out_dir = args.out_dir or (None if args.smoke else "benchmarks/results")
-    for folder in [out_dir, os.environ.get("OUT")]:
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            (Path(folder) / name).write_text(json.dumps(result, indent=1))
-            print(f"wrote {Path(folder) / name}")
+    for path in write_json(result, result_paths(name, out_dir)):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -18,44 +18,35 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_common  # noqa: E402
 from atom.kernels.reference.moe import fused_moe_ref  # noqa: E402
 from atom.kernels.triton.moe import CANDIDATES, fused_moe_triton, pick_config  # noqa: E402
+from bench_common import (  # noqa: E402
+    copy_bandwidth_gbps,
+    file_slug,
+    kernel_result_header,
+    result_paths,
+    time_ms,
+    write_json,
+)
 
 QWEN3_30B_A3B = dict(experts=128, top_k=8, hidden=2048, inter=768)
 SMOKE = dict(experts=8, top_k=2, hidden=64, inter=32)
-
-
-def copy_bandwidth_gbps(device: str, nbytes: int) -> float:
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = time_eager(lambda: dst.copy_(src), device)
-    return 2 * nbytes / (ms * 1e-3) / 1e9
+EAGER_REP_MS = 60  # do_bench's timing budget for the eager timings
 
 
 def time_eager(fn, device: str) -> float:
-    """Median milliseconds of fn (L2 flushed between runs on the GPU)."""
-    if device == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
-    fn()
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[1]
+    """Median milliseconds of fn, eagerly (L2 flushed between runs on the GPU)."""
+    return time_ms(fn, device, rep=EAGER_REP_MS)
 
 
 def time_graph(fns, device: str, reps: int = 20) -> float:
@@ -149,14 +140,14 @@ def main() -> None:
     copies = 1 if args.smoke else args.weight_copies
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     e, k, h, inter = shape["experts"], shape["top_k"], shape["hidden"], shape["inter"]
-    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)"
+    device_name = bench_common.device_name(device, cpu_name="cpu (interpreter)")
 
     torch.manual_seed(0)
     w13s = [
         torch.randn(e, 2 * inter, h, device=device, dtype=dtype) / h**0.5 for _ in range(copies)
     ]
     w2s = [torch.randn(e, h, inter, device=device, dtype=dtype) / inter**0.5 for _ in range(copies)]
-    bw = copy_bandwidth_gbps(device, (1 << 30) if device == "cuda" else (1 << 24))
+    bw = copy_bandwidth_gbps(device, (1 << 30) if device == "cuda" else (1 << 24), EAGER_REP_MS)
     print(f"{device_name}: copy bandwidth {bw:.0f} GB/s; E={e} k={k} H={h} I={inter} {dtype}")
 
     rows = [bench_tokens(t, e, k, h, inter, dtype, w13s, w2s, bw, device) for t in tokens_list]
@@ -175,11 +166,7 @@ def main() -> None:
 
     now = datetime.datetime.now(datetime.timezone.utc)
     result = {
-        "benchmark": "fused_moe",
-        "device": device_name,
-        "date": now.isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
+        **kernel_result_header("fused_moe", device_name, now),
         "dtype": str(dtype),
         "shape": shape,
         "copy_bandwidth_GBps": bw,
@@ -187,14 +174,10 @@ def main() -> None:
         "configs": [asdict(c) | {"name": cfg_name(c)} for c in CANDIDATES],
         "rows": rows,
     }
-    slug = "".join(ch if ch.isalnum() else "_" for ch in device_name.lower()).strip("_")
-    name = f"moe_{slug}_{now.strftime('%Y%m%dT%H%M%S')}.json"
+    name = f"moe_{file_slug(device_name)}_{now.strftime('%Y%m%dT%H%M%S')}.json"
     out_dir = args.out_dir or (None if args.smoke else "benchmarks/results")
-    for folder in [out_dir, os.environ.get("OUT")]:
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            (Path(folder) / name).write_text(json.dumps(result, indent=1))
-            print(f"wrote {Path(folder) / name}")
+    for path in write_json(result, result_paths(name, out_dir)):
+        print(f"wrote {path}")
 
 
 def cfg_name(c) -> str:

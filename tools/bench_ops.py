@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import re
 import statistics
@@ -31,9 +30,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from atom.kernels import native  # noqa: E402  (needs the built extension)
 from atom.kernels.reference import activation, cache, norm, rotary  # noqa: E402
+from bench_common import RESULTS_DIR, write_json  # noqa: E402
 
 
 @dataclass
@@ -278,13 +279,10 @@ def print_table(report: dict) -> None:
 def save(report: dict) -> list[Path]:
     slug = re.sub(r"[^a-z0-9]+", "_", report["device"].lower()).strip("_")
     stamp = report["date"][:19].replace(":", "").replace("-", "")
-    paths = [REPO / "benchmarks" / "results" / f"ops_{slug}_{stamp}.json"]
+    paths = [RESULTS_DIR / f"ops_{slug}_{stamp}.json"]
     if os.environ.get("OUT"):
         paths.append(Path(os.environ["OUT"]) / "ops_bench.json")
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(report, indent=2))
-    return paths
+    return write_json(report, paths, indent=2)
 
 
 def main(argv: list[str] | None = None) -> dict:

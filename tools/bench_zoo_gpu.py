@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -30,9 +29,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from atom import LLMEngine, SamplingParams  # noqa: E402
 from atom.engine.testing import write_test_tokenizer  # noqa: E402
+from bench_common import result_paths, write_json  # noqa: E402
 
 QWEN3_30B_A3B = {
     "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
@@ -161,12 +162,7 @@ def main() -> None:
             engine, args.offline_requests, lo, hi, args.device
         )
 
-    out_dirs = [REPO / "benchmarks" / "results"] + (
-        [Path(os.environ["OUT"])] if os.environ.get("OUT") else []
-    )
-    for d in out_dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "zoo_gpu.json").write_text(json.dumps(result, indent=2))
+    write_json(result, result_paths("zoo_gpu.json"), indent=2)
 
     moe = result["qwen3_30b_a3b"]
     print(f"\n{result.get('device', 'cpu')}, torch {result['torch']}, {result['weights']}")
