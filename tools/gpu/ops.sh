@@ -3,8 +3,9 @@
 # about 2-2.5 minutes on a cold machine, most of it the nvcc build and torch.compile):
 #   1. build: pip install -e . against the machine's torch (CUDA or ROCm kernels picked from it;
 #      build outputs kept in build/, so a warm machine only recompiles what changed);
-#   2. tools/gpu/error_probe.py: do C++ errors thrown from an extension built here reach Python
-#      (each case in its own interpreter; the first run segfaulted on one);
+#   2. tools/gpu/error_probe.py, first after the build: do C++ errors thrown from extensions built
+#      here reach Python (each case in its own interpreter; a probe extension built both with a
+#      plain compiler command and with atom._C's exact CMake flags; atom._C's own error paths);
 #   3. tests, the CPU-device ones and the gpu-marked ones in separate pytest processes, so that a
 #      crash in one cannot hide the other's results (kernels vs torch references, opcheck and
 #      torch.compile on CUDA, CUDA-graph replay, registration, bad inputs -> ValueError);
@@ -39,7 +40,8 @@ step "error probe"
 python tools/gpu/error_probe.py; record $?
 
 TESTS=(tests/kernels/test_native_norm_act.py tests/kernels/test_native_rope_cache.py
-       tests/kernels/test_native_opcheck.py tests/build/test_extension.py)
+       tests/kernels/test_native_opcheck.py tests/kernels/test_native_checks.py
+       tests/build/test_extension.py)
 step "tests: CPU device"
 python -m pytest -q -p no:cacheprovider -m "not gpu" -rfE "${TESTS[@]}"; record $?
 step "tests: GPU"
