@@ -160,15 +160,18 @@ def _caches(kc: torch.Tensor, vc: torch.Tensor, heads: int, k_head_size: int,
 
 
 def _checks_data(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and not torch.compiler.is_compiling() and t.numel() > 0
+    return t.device.type == "cpu" and t.numel() > 0 and not torch.compiler.is_compiling()
 
 
 def _positions_in_range(positions: torch.Tensor, count: int, max_position: int) -> None:
     if not _checks_data(positions):
         return
     pos = positions[:count]
-    bad = ((pos < 0) | (pos >= max_position)).nonzero()
-    if bad.numel():
+    if pos.numel() == 0:
+        return
+    lo, hi = torch.aminmax(pos)  # one pass; the offending index is looked up only on failure
+    if int(lo) < 0 or int(hi) >= max_position:
+        bad = ((pos < 0) | (pos >= max_position)).nonzero()
         t = int(bad[0, 0])
         _fail("positions[", t, "] = ", int(pos[t]), " is outside the cos_sin_cache (",
               max_position, " positions)")  # fmt: skip
@@ -178,8 +181,8 @@ def _slots_in_range(slots: torch.Tensor, cache: torch.Tensor) -> None:
     if not _checks_data(slots):
         return
     capacity = cache.shape[0] * cache.shape[1]
-    bad = (slots >= capacity).nonzero()
-    if bad.numel():
+    if int(slots.max()) >= capacity:
+        bad = (slots >= capacity).nonzero()
         t = int(bad[0, 0])
         _fail("slot_mapping[", t, "] = ", int(slots[t]), " is past the end of the cache (",
               capacity, " slots)")  # fmt: skip
