@@ -7,6 +7,8 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 | ATOM_PROFILER_MORE=1       | the profiler also records shapes, stacks and memory             |
 | ATOM_CACHE_DIR             | cache root (the converted embedded model); ~/.cache/atom        |
 | ATOM_API_KEY               | default of the server's ``--api-key``                           |
+| OPENAI_API_KEY             | the serving benchmark's bearer token (as OpenAI clients do)     |
+| SAVE_TO_PYTORCH_BENCHMARK_FORMAT | benchmark_serving also writes PyTorch-benchmark records   |
 """
 
 from __future__ import annotations
@@ -31,3 +33,11 @@ def cache_dir() -> Path:
 
 def api_key() -> str | None:
     return os.environ.get("ATOM_API_KEY") or None
+
+
+def openai_api_key() -> str | None:
+    return os.environ.get("OPENAI_API_KEY") or None
+
+
+def save_pytorch_benchmark_format() -> bool:
+    return bool(os.environ.get("SAVE_TO_PYTORCH_BENCHMARK_FORMAT"))

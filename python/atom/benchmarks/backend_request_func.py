@@ -16,7 +16,6 @@ Timings use ``time.perf_counter``. Errors never raise: ``success=False`` and ``e
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import traceback
@@ -24,6 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from atom import envs
 
 # Six hours: a benchmark at high concurrency can queue requests for a long time.
 AIOHTTP_TIMEOUT = aiohttp.ClientTimeout(total=6 * 60 * 60)
@@ -58,7 +59,7 @@ class RequestFuncOutput:
 
 def _headers(request: RequestFuncInput) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
-    key = request.api_key or os.environ.get("OPENAI_API_KEY")
+    key = request.api_key or envs.openai_api_key()
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return headers

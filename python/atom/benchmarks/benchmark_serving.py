@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ import aiohttp
 import numpy as np
 from tqdm.asyncio import tqdm
 
+from atom import envs
 from atom.benchmarks.backend_request_func import (
     AIOHTTP_TIMEOUT,
     ASYNC_REQUEST_FUNCS,
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = args.base_url or f"http://{args.host}:{args.port}"
     args.base_url = base.rstrip("/")
     args.api_url = args.base_url + args.endpoint
-    args.api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+    args.api_key = args.api_key or envs.openai_api_key()
     tokenizer = load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     requests = sample_requests(args, tokenizer)
     result = asyncio.run(benchmark(args, tokenizer, requests))

@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Set (to anything non-empty) to also write results in the PyTorch benchmark database format.
-PYTORCH_FORMAT_ENV = "SAVE_TO_PYTORCH_BENCHMARK_FORMAT"
+from atom import envs
 
 
 def convert_to_pytorch_benchmark_format(
@@ -24,7 +23,7 @@ def convert_to_pytorch_benchmark_format(
 
     Returns [] unless ``$SAVE_TO_PYTORCH_BENCHMARK_FORMAT`` is set, so callers can always call it.
     """
-    if not os.environ.get(PYTORCH_FORMAT_ENV):
+    if not envs.save_pytorch_benchmark_format():
         return []
     records = []
     arg_values = {k: _jsonable(v) for k, v in vars(args).items()}
