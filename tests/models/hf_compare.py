@@ -21,6 +21,7 @@ import inspect
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +77,25 @@ def save_tiny_hf(out_dir: Path, config_file: str | Path, seed: int = 0, **overri
 
 # --------------------------------------------------------------------------------- references
 _loaded: dict = {}
+
+
+def variant_folders(name: str, config_file: str | Path, variants: dict[str, dict]):
+    """A module-scoped fixture ``folder``: ``folder(variant)`` is the tiny HF checkpoint of
+    ``config_file`` with ``variants[variant]`` overrides, saved once per module."""
+
+    @pytest.fixture(scope="module")
+    def folder(tmp_path_factory):
+        made: dict[str, Path] = {}
+
+        def get(variant: str) -> Path:
+            if variant not in made:
+                out = tmp_path_factory.mktemp(f"{name}_{variant}")
+                made[variant] = save_tiny_hf(out, config_file, seed=0, **variants[variant])
+            return made[variant]
+
+        return get
+
+    return folder
 
 
 def hf_model(folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32):

@@ -14,7 +14,7 @@ from hf_compare import (
     check_engine_greedy,
     check_on_gpu,
     check_prefill_and_decode,
-    save_tiny_hf,
+    variant_folders,
 )
 
 CONFIG = REPO / "models" / "glm4_moe" / "tiny_config.json"
@@ -32,17 +32,7 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    made = {}
-
-    def get(variant: str):
-        if variant not in made:
-            out = tmp_path_factory.mktemp(f"glm4_moe_{variant}")
-            made[variant] = save_tiny_hf(out, CONFIG, seed=0, **VARIANTS[variant])
-        return made[variant]
-
-    return get
+folder = variant_folders("glm4_moe", CONFIG, VARIANTS)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -14,7 +14,7 @@ from hf_compare import (
     check_prefill_and_decode,
     hf_logits,
     hf_model,
-    save_tiny_hf,
+    variant_folders,
 )
 
 CONFIG = REPO / "models" / "qwen3" / "tiny_config.json"
@@ -30,17 +30,7 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    made = {}
-
-    def get(variant: str):
-        if variant not in made:
-            out = tmp_path_factory.mktemp(f"qwen3_{variant}")
-            made[variant] = save_tiny_hf(out, CONFIG, seed=0, **VARIANTS[variant])
-        return made[variant]
-
-    return get
+folder = variant_folders("qwen3", CONFIG, VARIANTS)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
