@@ -40,7 +40,7 @@ inline DType to_dtype(const at::Tensor& t, const char* name) {
     default:
       break;
   }
-  throw_value_error(c10::str("atom: ", name, " has unsupported dtype ", t.scalar_type(),
+  throw_value_error(::atom::message("atom: ", name, " has unsupported dtype ", t.scalar_type(),
                              " (float32, bfloat16, float16, or fp8 e4m3 for caches)"));
 }
 
@@ -153,7 +153,7 @@ void launch(const at::Tensor& like, const Params& params, CpuFn cpu_fn, GpuFn gp
 #else
   (void)gpu_fn;
   throw_value_error(
-      c10::str("atom: this build of atom._C has no GPU support (device ", like.device(), ")"));
+      ::atom::message("atom: this build of atom._C has no GPU support (device ", like.device(), ")"));
 #endif
 }
 

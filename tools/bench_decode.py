@@ -205,6 +205,52 @@ def atom_decode(engine, prompt: list[int], new_tokens: int, repeats: int) -> dic
     }
 
 
+def graph_replay_ms(engine, iters: int = 100) -> float | None:
+    """Milliseconds per replay of the batch-1 decode graph, back to back: the GPU time of a
+    decode step without the host work around it (None without graphs). The buffers still hold
+    the last step's inputs, so the replays recompute that step."""
+    graphs = engine.runner.decode_graphs
+    if graphs is None or not graphs.use_graphs:
+        return None
+    graph = graphs._graphs[graphs.size_for(1)]
+    graph.replay()
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        graph.replay()
+    sync()
+    return 1e3 * (time.perf_counter() - start) / iters
+
+
+def kernel_breakdown(engine, prompt: list[int], steps: int = 4, top: int = 12) -> list[dict]:
+    """The GPU kernels of one eager decode step (torch.profiler over ``steps`` steps after the
+    prefill): name, launches per step, microseconds per step, the top ``top`` by time, and a
+    last row with the totals."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from atom import SamplingParams
+
+    engine.add_request([prompt], SamplingParams(temperature=0, max_tokens=steps + 2))
+    engine.step()  # prefill
+    sync()
+    gpu = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.step()
+        sync()
+    while engine.has_unfinished_requests():
+        engine.step()
+    rows = []
+    for e in prof.key_averages():
+        us = e.self_device_time_total if gpu else e.self_cpu_time_total
+        if us > 0 and e.count:
+            rows.append({"kernel": e.key[:90], "launches": e.count / steps, "us": us / steps})
+    rows.sort(key=lambda r: -r["us"])
+    total = {"kernel": "TOTAL", "launches": sum(r["launches"] for r in rows),
+             "us": sum(r["us"] for r in rows)}  # fmt: skip
+    return rows[:top] + [total]
+
+
 @torch.no_grad()
 def hf_decode(model, prompt: list[int], new_tokens: int, repeats: int) -> dict:
     ids = torch.tensor([prompt], device=device())
@@ -235,6 +281,11 @@ def bench_shape(shape: str, args, root: Path, bandwidth: float) -> dict:
         )  # fmt: skip
         result = atom_decode(engine, prompt, args.new_tokens, args.repeats)
         result.update(startup_s=startup, fast_path=engine.runner.fast_path)
+        replay_ms = graph_replay_ms(engine)
+        if replay_ms is not None:
+            result["graph_replay_ms"] = replay_ms  # GPU time of a step; TPOT - this = host
+        if args.kernels and level == 0:
+            row["kernels_per_step"] = kernel_breakdown(engine, prompt)
         row[f"atom_level{level}"] = result
         if "bytes_per_step" not in row:
             context = args.prompt_len + args.new_tokens / 2
@@ -263,9 +314,15 @@ def print_table(result: dict) -> None:
         for key, r in row.items():
             if not key.startswith("atom_level"):
                 continue
+            replay = r.get("graph_replay_ms")
+            if replay is not None:
+                print(f"{'':>13} {'':>9} graph replay {replay:.3f} ms/step (GPU); host "
+                      f"{r['tpot_ms'] - replay:.3f} ms/step")  # fmt: skip
             print(f"{row['shape']:>13} {key[5:]:>9} {r['decode_tokens_per_s']:>13.1f} "
                   f"{r['e2e_tokens_per_s']:>10.1f} {r['tpot_ms']:>8.3f} {r['startup_s']:>10.1f} "
                   f"{r['decode_tokens_per_s'] / bound:>8.0%}  {r['fast_path']}")  # fmt: skip
+        for k in row.get("kernels_per_step", []):
+            print(f"{'':>13} {'kernel':>9} {k['us']:>9.1f} us {k['launches']:>6.1f}x  {k['kernel']}")
         if "hf" in row:
             print(f"{row['shape']:>13} {'HF':>9} {'':>13} {row['hf']['e2e_tokens_per_s']:>10.1f}")
         target = row["target_decode_tokens_per_s"]
@@ -290,6 +347,8 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate")
+    parser.add_argument("--kernels", action="store_true",
+                        help="profile the GPU kernels of an eager (level 0) decode step")  # fmt: skip
     parser.add_argument("--workdir", default="/tmp/atom_fastpath", help="model folders")
     parser.add_argument("--dry-run", action="store_true", help="tiny shape, few tokens (CPU)")
     args = parser.parse_args()

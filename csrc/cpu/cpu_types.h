@@ -29,7 +29,7 @@ void dispatch_float(DType dtype, const char* op, Fn&& fn) {
       fn(c10::Half{});
       break;
     default:
-      throw_value_error(c10::str("atom: ", op, ": unsupported activation dtype"));
+      throw_value_error(::atom::message("atom: ", op, ": unsupported activation dtype"));
   }
 }
 
@@ -47,7 +47,7 @@ void dispatch_cache(DType dtype, DType cache_dtype, const char* op, Fn&& fn) {
       fn(t, c10::Float8_e4m3fnuz{});
     } else {
       throw_value_error(
-          c10::str("atom: ", op, ": the cache must have the activations' dtype or be fp8"));
+          ::atom::message("atom: ", op, ": the cache must have the activations' dtype or be fp8"));
     }
   });
 }

@@ -5,6 +5,7 @@
 // difference between the two builds points at a flag. Its ops live in their own namespace
 // (atom_probe / atom_probe_cmake, from ATOM_PROBE_NAMESPACE) so it loads next to atom._C.
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
 #include <torch/library.h>
 
 #include <stdexcept>
@@ -33,6 +34,8 @@ at::Tensor raise_error(const at::Tensor& x, int64_t mode) {
       throw std::runtime_error("probe: std::runtime_error");
     case 4:  // a c10::Error raised inside libtorch while this extension's frames are on the stack
       return x.view({-1, 3});
+    case 5:  // a standard exception whose message c10::str built (atom._C's check until now)
+      throw std::invalid_argument(c10::str("probe: c10::str message, size ", x.size(0)));
     default:
       break;
   }

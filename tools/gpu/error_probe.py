@@ -4,8 +4,12 @@ History (benchmarks/results/error_probe_h100_20261125.json, torch 2.11+cu130, GC
 TORCH_CHECK_VALUE thrown from a tiny extension built here with a plain compiler command killed
 the process (SIGSEGV); a c10::ValueError built without the stack capture, from the same
 extension, raised ValueError; the same construct thrown from atom._C (built by CMake) crashed;
-a std::runtime_error from atom._C raised RuntimeError. atom._C now throws std::invalid_argument
-(pybind11 turns it into ValueError) and its Python wrappers check arguments before the op.
+a std::runtime_error from atom._C raised RuntimeError. The next run (21:45 UTC, same machine)
+had atom._C throwing std::invalid_argument: still SIGSEGV from its C++ checks, while a
+std::invalid_argument from its .cu launchers (message built with std::string +) raised
+ValueError. Common to every crashing case: the message was built with c10::str (an
+std::ostringstream) in extension code. atom._C's messages are now built without iostreams
+(atom::message in csrc/check.h); case c10-str below checks that cause directly.
 
 One run settles which of these is true, each case in a fresh interpreter (a crash is an exit
 signal, not the end of the run), with torch's fatal-signal handler printing native frames:
@@ -14,7 +18,9 @@ signal, not the end of the run), with torch's fatal-signal handler printing nati
     build dir: exactly atom._C's compile and link flags). Each throws every kind of error:
       check     TORCH_CHECK_VALUE (c10::ValueError, C++ stack captured)
       no-stack  c10::ValueError without the stack capture (atom._C's check until now)
-      atom-chk  ATOM_CHECK_VALUE from csrc/check.h (std::invalid_argument: atom._C's check now)
+      atom-chk  ATOM_CHECK_VALUE from csrc/check.h (std::invalid_argument, message built
+                without iostreams: atom._C's check now)
+      c10-str   std::invalid_argument whose message c10::str built (atom._C's check before)
       runtime   std::runtime_error (what a failed kernel launch throws)
       in-torch  a c10::Error raised inside libtorch (Tensor.view) under the extension's frames
     Same outcome for both builds: the flags are not the cause. Different: they are (the JSON has
@@ -48,7 +54,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_SOURCE = REPO / "csrc" / "probe" / "error_probe.cpp"
-MODES = {"check": 0, "no-stack": 1, "atom-chk": 2, "runtime": 3, "in-torch": 4}
+MODES = {"check": 0, "no-stack": 1, "atom-chk": 2, "runtime": 3, "in-torch": 4, "c10-str": 5}
 GPU = torch.cuda.is_available()
 CUDA_WORK = "torch.ones(8, device='cuda').sum().item(); "
 
