@@ -322,7 +322,9 @@ def print_table(result: dict) -> None:
                   f"{r['e2e_tokens_per_s']:>10.1f} {r['tpot_ms']:>8.3f} {r['startup_s']:>10.1f} "
                   f"{r['decode_tokens_per_s'] / bound:>8.0%}  {r['fast_path']}")  # fmt: skip
         for k in row.get("kernels_per_step", []):
-            print(f"{'':>13} {'kernel':>9} {k['us']:>9.1f} us {k['launches']:>6.1f}x  {k['kernel']}")
+            print(
+                f"{'':>13} {'kernel':>9} {k['us']:>9.1f} us {k['launches']:>6.1f}x  {k['kernel']}"
+            )
         if "hf" in row:
             print(f"{row['shape']:>13} {'HF':>9} {'':>13} {row['hf']['e2e_tokens_per_s']:>10.1f}")
         target = row["target_decode_tokens_per_s"]
