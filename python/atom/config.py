@@ -50,6 +50,8 @@ class EngineConfig:
     scheduler_delay_factor: float = 0.0  # wait this many step durations to batch new prompts
     cudagraph_capture_sizes: tuple[int, ...] = DEFAULT_CAPTURE_SIZES  # GPU fast path
     level: int = 3  # GPU fast path: 0 eager, 1 graphs, 2 compile, 3 both (atom/engine/compile.py)
+    # Launch a greedy decode step before the previous one's tokens are read (LLMEngine.step).
+    async_scheduling: bool = True
     load_dummy: bool = False  # random weights instead of the checkpoint's
     enable_expert_parallel: bool = False
     enable_dp_attention: bool = False

@@ -95,7 +95,9 @@ def test_staging_pads_and_grows():
 
 # --- the padded decode step ---------------------------------------------------------------------
 def test_padded_buffers_after_a_step(make_engine):
-    engine = make_engine(block_size=4)
+    # Synchronous steps: every input token comes from the host (test_async_scheduling.py covers
+    # the tokens taken on the device).
+    engine = make_engine(block_size=4, async_scheduling=False)
     graphs = install_padded_decode(engine)
     seen = []
     run = graphs.run
@@ -141,7 +143,7 @@ def test_padded_decode_gives_the_eager_engines_tokens(make_engine):
     padded = make_engine()
     graphs = install_padded_decode(padded)
     run, sizes = graphs.run, []
-    graphs.run = lambda batch: sizes.append(batch.num_seqs) or run(batch)
+    graphs.run = lambda batch, *prev: sizes.append(batch.num_seqs) or run(batch, *prev)
     want_tokens, want_lps = _generate(plain, batch, params)
     got_tokens, got_lps = _generate(padded, batch, params)
     assert got_tokens == want_tokens
@@ -160,7 +162,7 @@ def test_batches_larger_than_the_largest_size_run_eagerly(make_engine):
     graphs = install_padded_decode(engine, sizes=(1, 2))
     calls = []
     run = graphs.run
-    graphs.run = lambda batch: calls.append(batch.num_seqs) or run(batch)
+    graphs.run = lambda batch, *prev: calls.append(batch.num_seqs) or run(batch, *prev)
     sp = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (3, 5, 7)]
     want = [o["token_ids"] for o in make_engine().generate(prompts(3, seed=2), sp)]
     assert [o["token_ids"] for o in engine.generate(prompts(3, seed=2), sp)] == want

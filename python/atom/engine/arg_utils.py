@@ -49,6 +49,7 @@ class EngineArgs:
     scheduler_delay_factor: float = 0.0
     cudagraph_capture_sizes: list[int] | None = None
     level: int = 3
+    async_scheduling: bool = True
     load_dummy: bool = False
     enable_expert_parallel: bool = False
     enable_dp_attention: bool = False
@@ -123,6 +124,13 @@ class EngineArgs:
             choices=(0, 1, 2, 3),
             help="0 = eager, 1 = CUDA graphs of decode steps, 2 = torch.compile of the decode "
             "step, 3 = both (default)",
+        )
+        add(
+            "async_scheduling",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="launch each greedy decode step before reading the previous step's tokens, so "
+            "host work overlaps GPU work (default on)",
         )
         flag("load_dummy", "random weights instead of loading the checkpoint")
         flag("enable_expert_parallel", "expert parallelism for MoE (not implemented yet)")

@@ -187,10 +187,19 @@ class DecodeGraphs:
         return None if lo is None else (lo, hi)
 
     @torch.inference_mode()
-    def run(self, batch: DecodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(
+        self,
+        batch: DecodeBatch,
+        prev_tokens: torch.Tensor | None = None,
+        prev_rows: list[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies the step's inputs into the persistent buffers (padding the batch) and replays
         the graph of its size. Returns (logits [n, V] fp32, greedy ids [n] int64), views of the
-        graph's outputs: valid until the next run."""
+        graph's outputs: valid until the next run.
+
+        With ``prev_tokens`` (a device tensor: the tokens an earlier step sampled, still unknown
+        to the host), row b's input token is ``prev_tokens[prev_rows[b]]`` (``prev_tokens[b]``
+        without rows) instead of ``batch.input_ids[b]``, gathered on the device."""
         n = batch.num_seqs
         size = self.size_for(n)
         if size is None or n == 0:
@@ -207,6 +216,12 @@ class DecodeGraphs:
         if changed:
             lo, hi = changed
             st.copy_into(self.block_tables[lo:hi], self._host_tables[lo:hi])
+        if prev_tokens is not None:
+            if prev_rows is None:
+                self.input_ids[:n].copy_(prev_tokens[:n])
+            else:
+                rows = st.to_device(st.put("g_prev_rows", prev_rows, torch.int64))
+                torch.index_select(prev_tokens, 0, rows, out=self.input_ids[:n])
         st.end()
         if self.use_graphs:
             self._graphs[size].replay()

@@ -85,6 +85,8 @@ class LLMEngine:
         self.num_generated_tokens = 0
         self.num_finished_requests = 0
         self.error: str | None = None
+        # A launched step whose tokens are not collected yet: (SchedulerOutput, LaunchedDecode).
+        self._launched = None
 
     # --- requests --------------------------------------------------------------------------
     def add_request(
@@ -140,26 +142,91 @@ class LLMEngine:
                 self._emit(req, seq)
 
     def is_finished(self) -> bool:
-        return not self.scheduler.has_unfinished()
+        return not self.has_unfinished_requests()
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Also true while a launched step is still to be collected (one more ``step()``)."""
+        return self.scheduler.has_unfinished() or self._launched is not None
 
     # --- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Runs one scheduling step (see atom.engine.scheduler); calls the stream callbacks of
-        the choices that advanced and returns the choices that finished in this step."""
+        the choices that advanced and returns the choices that finished in this step.
+
+        Asynchronous scheduling (``async_scheduling``, on by default): a decode-only step whose
+        sequences all sample greedily is launched on the GPU and left running; the next call
+        schedules and launches the step after it before it waits for the first one's tokens,
+        so the host work of a step (scheduling, input preparation, detokenization, stop checks,
+        callbacks) overlaps the GPU work of the next one instead of leaving the GPU idle. That
+        next step takes its input tokens on the device; on the host each sequence holds a
+        placeholder until the tokens arrive (``Sequence.append_placeholder``). A sequence that
+        turns out to have stopped (EOS, a stop string) has computed one token too many, which is
+        dropped: its blocks are freed only after that step was launched, and GPU work that could
+        reuse them is queued behind it. A step launched this way returns its outputs one call
+        later (a call that only launches returns none)."""
+        if self._launched is not None:
+            return self._step_after_launch()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
+        if self.config.async_scheduling and self.runner.can_launch_decode(sched.scheduled):
+            self._launched = (sched, self._run(self.runner.launch_decode, sched.scheduled))
+            self.num_steps += 1
+            return []
+        result = self._run(self.runner.run, sched)
+        self.num_steps += 1
+        self._record_prompt_logprobs(result)
+        return self._process(result, self.scheduler.postprocess(sched))
+
+    def _run(self, fn, *args):
         try:
-            result = self.runner.run(sched)
+            return fn(*args)
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"
             raise
+
+    def _step_after_launch(self) -> list[RequestOutput]:
+        """Collects the launched step, launching the one after it first when that is safe."""
+        sched, launched = self._launched
+        self._launched = None
+        sampled = self.scheduler.postprocess(sched)  # host bookkeeping only: no tokens needed
+        self._launched = self._launch_next(sched, launched, sampled)
+        result = self._run(self.runner.collect_decode, launched)
+        return self._process(result, sampled)
+
+    def _launch_next(self, sched, launched, sampled: list[Sequence]):
+        """Schedules and launches the decode step that follows ``launched`` before its tokens are
+        known, if every running sequence was in it and nothing else could run instead: no new
+        request could be admitted, no block is short (no preemption). Sequences that stop by
+        length with the token being sampled sit this step out. Returns (SchedulerOutput,
+        LaunchedDecode) or None (then the next call runs a normal step)."""
+        scheduler, bm = self.scheduler, self.block_manager
+        running = scheduler.running
+        if not running or len(running) != len(sched.scheduled) or len(sampled) != len(running):
+            return None
+        if scheduler.waiting and len(running) < scheduler.max_num_seqs:
+            return None  # a waiting request may be admitted: let a normal step do it
+        limit = self.config.max_model_len
+        going_on = [
+            seq
+            for seq in sampled
+            if seq.num_output_tokens + 1 < seq.params.max_tokens and len(seq) + 1 < limit
+        ]
+        if not going_on:
+            return None
+        needed = sum(bm.blocks_for(len(seq) + 1) - len(seq.block_table) for seq in going_on)
+        if needed > bm.num_free_blocks:
+            return None
+        for seq in going_on:
+            seq.append_placeholder()
+        nxt = scheduler.schedule()
+        assert not nxt.preempted and [s.seq for s in nxt.scheduled] == going_on, nxt
+        step = self._run(self.runner.launch_decode, nxt.scheduled, launched)
         self.num_steps += 1
-        self._record_prompt_logprobs(result)
-        sampled = self.scheduler.postprocess(sched)
+        return nxt, step
+
+    def _process(self, result: RunnerOutput, sampled: list[Sequence]) -> list[RequestOutput]:
+        """Appends the sampled tokens, applies the stop rules and emits the outputs."""
         touched: dict[str, list[Sequence]] = {}
         for seq in sampled:
             token, logprobs = result.sampled[seq.seq_id]

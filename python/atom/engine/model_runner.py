@@ -60,6 +60,17 @@ class StepInput:
 
 
 @dataclass
+class LaunchedDecode:
+    """A plain-greedy decode-only step launched without waiting for its tokens (see
+    ``ModelRunner.launch_decode``)."""
+
+    scheduled: list[ScheduledSeq]
+    greedy: torch.Tensor  # [n] int64 on the device (graph output: valid until the next replay)
+    host_tokens: torch.Tensor  # [n] int64 on the host, filled by an asynchronous copy
+    copied: torch.cuda.Event | None  # recorded after that copy (None on the CPU)
+
+
+@dataclass
 class RunnerOutput:
     sampled: dict[int, tuple[int, dict[int, float] | None]]  # seq_id -> (token, logprobs)
     prompt_logprobs: dict[int, list[dict[int, float]]]  # seq_id -> new prompt logprob entries
@@ -77,6 +88,10 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_blocks_per_seq = -(-config.max_model_len // config.block_size)
         self.staging = HostStaging(self.device)
+        # Two host buffers for the tokens of launched decode steps: a step's tokens are read
+        # after the next step was launched, which copies into the other buffer.
+        self._token_buffers: list[torch.Tensor] = []
+        self._next_token_buffer = 0
         self.decode_graphs: DecodeGraphs | None = None  # set by _setup_fast_path
         self.model = build_model(mc, self.device, load_dummy=config.load_dummy)
         self.model.eval()
@@ -350,19 +365,73 @@ class ModelRunner:
             row += rows.num_rows
         return RunnerOutput(sampled, prompt_lps)
 
-    def _run_decode(self, scheduled: list[ScheduledSeq]) -> RunnerOutput:
-        """A decode-only step on the persistent padded buffers (a CUDA-graph replay on a GPU)."""
+    def _decode_batch(self, scheduled: list[ScheduledSeq]) -> DecodeBatch:
         bs = self.block_size
         ids, positions, slots, lens, tables = [], [], [], [], []
         for s in scheduled:
             seq, p = s.seq, s.start
             table = seq.block_table
-            ids.append(seq.token_ids[p])
+            ids.append(max(seq.token_ids[p], 0))  # a placeholder's row is filled on the device
             positions.append(p)
             slots.append(table[p // bs] * bs + p % bs)
             lens.append(p + 1)
             tables.append(table)
-        logits, greedy = self.decode_graphs.run(DecodeBatch(ids, positions, slots, lens, tables))
+        return DecodeBatch(ids, positions, slots, lens, tables)
+
+    # --- decode steps launched without waiting (asynchronous scheduling) ----------------------
+    def can_launch_decode(self, scheduled: list[ScheduledSeq]) -> bool:
+        """Whether ``launch_decode`` can run this step: decode-only on the fast path, and every
+        sequence samples plainly greedily (its token is the argmax the step computes anyway)."""
+        return self._uses_decode_path(scheduled) and all(
+            s.samples and _plain_greedy(s.seq) for s in scheduled
+        )
+
+    @torch.inference_mode()
+    def launch_decode(
+        self, scheduled: list[ScheduledSeq], after: LaunchedDecode | None = None
+    ) -> LaunchedDecode:
+        """Launches a decode step (``can_launch_decode``) and returns without waiting; its tokens
+        come from ``collect_decode``. With ``after``, a launched step not collected yet, each
+        sequence's input token is the one ``after`` sampled for it, taken on the device (on the
+        host it is still a placeholder). Its sequences must be among ``after``'s."""
+        prev_tokens = prev_rows = None
+        if after is not None:
+            prev_tokens = after.greedy
+            row_of = {s.seq.seq_id: i for i, s in enumerate(after.scheduled)}
+            rows = [row_of[s.seq.seq_id] for s in scheduled]
+            prev_rows = None if rows == list(range(len(rows))) else rows
+        _, greedy = self.decode_graphs.run(self._decode_batch(scheduled), prev_tokens, prev_rows)
+        n = len(scheduled)
+        host = self._token_buffer(n)
+        host.copy_(greedy, non_blocking=self.staging.pinned)
+        copied = None
+        if self.staging.pinned:
+            copied = torch.cuda.Event()
+            copied.record()
+        return LaunchedDecode(scheduled, greedy, host, copied)
+
+    def collect_decode(self, launched: LaunchedDecode) -> RunnerOutput:
+        """Waits for a launched step's tokens (only for them: later launched work keeps the GPU
+        busy meanwhile). The step's one host-device synchronization."""
+        if launched.copied is not None:
+            launched.copied.synchronize()
+        tokens = launched.host_tokens.tolist()
+        return RunnerOutput({s.seq.seq_id: (t, None) for s, t in zip(launched.scheduled, tokens)}, {})
+
+    def _token_buffer(self, n: int) -> torch.Tensor:
+        if not self._token_buffers or self._token_buffers[0].numel() < n:
+            size = max(n, self.config.max_num_seqs)
+            self._token_buffers = [
+                torch.zeros(size, dtype=torch.int64, pin_memory=self.staging.pinned)
+                for _ in range(2)
+            ]
+        buf = self._token_buffers[self._next_token_buffer]
+        self._next_token_buffer ^= 1
+        return buf[:n]
+
+    def _run_decode(self, scheduled: list[ScheduledSeq]) -> RunnerOutput:
+        """A decode-only step on the persistent padded buffers (a CUDA-graph replay on a GPU)."""
+        logits, greedy = self.decode_graphs.run(self._decode_batch(scheduled))
         rows = [i for i, s in enumerate(scheduled) if s.samples]
         if len(rows) != len(scheduled):  # 1-token prefill chunks that do not sample
             index = torch.tensor(rows, dtype=torch.int64).to(self.device, non_blocking=True)

@@ -25,6 +25,7 @@ class SequenceStatus(enum.Enum):
 
 
 _seq_counter = itertools.count()
+PLACEHOLDER_TOKEN = -1  # see Sequence.append_placeholder
 
 
 class Sequence:
@@ -47,6 +48,7 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_token_ids)
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
+        self.has_placeholder = False  # the last entry of token_ids is PLACEHOLDER_TOKEN
         # KV-cache bookkeeping, owned by the BlockManager.
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []  # hash chain of this sequence's computed full blocks
@@ -96,7 +98,20 @@ class Sequence:
         )
 
     def append_token(self, token_id: int) -> None:
-        self.token_ids.append(token_id)
+        """The next sampled token: fills the placeholder if there is one, else appends."""
+        if self.has_placeholder:
+            self.token_ids[-1] = token_id
+            self.has_placeholder = False
+        else:
+            self.token_ids.append(token_id)
+
+    def append_placeholder(self) -> None:
+        """Stands in for the next token while the step that samples it is still running, so that
+        the step after it can be scheduled already (asynchronous scheduling, see LLMEngine); that
+        step reads the real token on the device. ``append_token`` replaces it."""
+        assert not self.has_placeholder, f"{self} already has a placeholder"
+        self.token_ids.append(PLACEHOLDER_TOKEN)
+        self.has_placeholder = True
 
     def __repr__(self) -> str:
         return (
