@@ -15,6 +15,7 @@ import pytest
 
 from atom import SamplingParams
 from atom.engine.sequence import PLACEHOLDER_TOKEN
+
 from .test_cuda_graph import install_padded_decode, prompts
 
 
@@ -52,8 +53,7 @@ def test_staggered_lengths_give_the_synchronous_tokens(make_engine):
     rng = random.Random(0)
     batch = prompts(6, seed=10)
     params = [
-        SamplingParams(temperature=0, max_tokens=rng.randint(1, 24), ignore_eos=True)
-        for _ in batch
+        SamplingParams(temperature=0, max_tokens=rng.randint(1, 24), ignore_eos=True) for _ in batch
     ]
     want = sync_tokens(make_engine, batch, params, block_size=4)
     engine, launches = async_engine(make_engine, block_size=4)

@@ -147,9 +147,7 @@ def test_one_synchronization_per_decode_step(tiny_models, async_scheduling):
     decode step (graph replay) makes exactly one, the read of its sampled tokens. With
     asynchronous scheduling a step waits only on the event after its own tokens' copy (which
     the mode does not report), never for the stream, whose next step is already queued."""
-    eng = engine(
-        tiny_models["llama"], dtype="bfloat16", level=1, async_scheduling=async_scheduling
-    )
+    eng = engine(tiny_models["llama"], dtype="bfloat16", level=1, async_scheduling=async_scheduling)
     eng.add_request(random_prompts(3, eng.model_config.vocab_size, seed=1), greedy(40))
     for _ in range(3):  # prefill, then the first decodes
         eng.step()

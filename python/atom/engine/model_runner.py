@@ -416,7 +416,9 @@ class ModelRunner:
         if launched.copied is not None:
             launched.copied.synchronize()
         tokens = launched.host_tokens.tolist()
-        return RunnerOutput({s.seq.seq_id: (t, None) for s, t in zip(launched.scheduled, tokens)}, {})
+        return RunnerOutput(
+            {s.seq.seq_id: (t, None) for s, t in zip(launched.scheduled, tokens)}, {}
+        )
 
     def _token_buffer(self, n: int) -> torch.Tensor:
         if not self._token_buffers or self._token_buffers[0].numel() < n:
