@@ -132,3 +132,27 @@ def concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping, k_scale=None) -> No
     if torch.compiler.is_compiling():
         return opaque.concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping, k_scale)
     pick("concat_and_cache_mla", kv_c.device.type)(kv_c, k_pe, kv_cache, slot_mapping, k_scale)
+
+
+def fused_gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    act: str | None = None,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Small-batch linear layer with a fused prologue / epilogue: out [M, N] =
+    prologue(x) @ weight^T (+ bias) (+ residual), prologue = rms_norm(., norm_weight, eps) or
+    act="silu_and_mul" (x [M, 2K]) or none; weight [N, K]; ``out`` may be ``residual`` (in place).
+    The Triton kernel takes M <= 32 (decode); larger M runs the unfused ops
+    (atom/kernels/reference/gemv.py, atom/kernels/triton/gemv.py). Under torch.compile: one
+    opaque node that returns a fresh tensor (use the return value, pass no ``out``)."""
+    if torch.compiler.is_compiling():
+        return opaque.fused_gemv(x, weight, bias, norm_weight, eps, act, residual, out)
+    return pick("fused_gemv", x.device.type)(
+        x, weight, bias, norm_weight=norm_weight, eps=eps, act=act, residual=residual, out=out
+    )

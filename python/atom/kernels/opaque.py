@@ -165,3 +165,38 @@ def _(hidden, w13, w2, topk_weights, topk_ids, activation, b13, b2) -> torch.Ten
 def fused_moe(hidden, w13, w2, topk_weights, topk_ids, activation="silu", b13=None, b2=None):
     """atom.kernels.fused_moe as one opaque op: hidden [T, H] -> [T, H]."""
     return _fused_moe_op(hidden, w13, w2, topk_weights, topk_ids, activation, b13, b2)
+
+
+# --------------------------------------------------------------------------- fused_gemv
+# Functional (mutates nothing): the op always returns a fresh [M, N] tensor. The eager op may write
+# into ``out`` (even when out is residual); here an ``out`` costs a copy, so compiled callers should
+# use the return value (``h = fused_gemv(attn, W_o, residual=h)``) and pass no ``out``.
+
+
+@torch.library.custom_op("atom_py::fused_gemv", mutates_args=())
+def _fused_gemv_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    act: str,  # "" = none
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    return pick("fused_gemv", x.device.type)(
+        x, weight, bias, norm_weight=norm_weight, eps=eps, act=act or None, residual=residual
+    )
+
+
+@_fused_gemv_op.register_fake
+def _(x, weight, bias, norm_weight, eps, act, residual) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def fused_gemv(
+    x, weight, bias=None, norm_weight=None, eps=1e-6, act=None, residual=None, out=None
+) -> torch.Tensor:
+    """atom.kernels.fused_gemv as one opaque op: x [M, K or 2K] -> [M, N] (a fresh tensor,
+    copied into ``out`` when one is given)."""
+    y = _fused_gemv_op(x, weight, bias, norm_weight, float(eps), act or "", residual)
+    return y if out is None else out.copy_(y)

@@ -29,3 +29,4 @@ __all__ = [
 
 from atom.kernels.triton import mla_cache, mla_decode  # noqa: E402, F401, I001  (the MLA ops)
 from atom.kernels.triton import moe  # noqa: E402, F401  (registers fused_moe)
+from atom.kernels.triton import gemv  # noqa: E402, F401, I001  (registers fused_gemv)
