@@ -22,6 +22,11 @@ KV_CACHE_DTYPES = ("bf16", "fp8")
 
 env_torch_profiler_dir = envs.torch_profiler_dir
 env_profiler_more = envs.profiler_more
+DEFAULT_SMALL_BATCH_TOKENS = 0  # see EngineConfig.small_batch_tokens
+
+
+def env_small_batch_tokens() -> int:
+    return envs.small_batch_tokens(DEFAULT_SMALL_BATCH_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class EngineConfig:
     level: int = 3  # GPU fast path: 0 eager, 1 graphs, 2 compile, 3 both (atom/engine/compile.py)
     # Launch a greedy decode step before the previous one's tokens are read (LLMEngine.step).
     async_scheduling: bool = True
+    # GPU steps of at most this many tokens run the fused small-batch decoder layers
+    # (atom/layers/small_batch.py); 0 = off. Default from $ATOM_SMALL_BATCH_TOKENS.
+    small_batch_tokens: int = field(default_factory=env_small_batch_tokens)
     load_dummy: bool = False  # random weights instead of the checkpoint's
     enable_expert_parallel: bool = False
     enable_dp_attention: bool = False
@@ -101,6 +109,10 @@ class EngineConfig:
             )
         if not self.scheduler_delay_factor >= 0.0:
             raise ValueError(f"scheduler_delay_factor={self.scheduler_delay_factor!r} must be >= 0")
+        if isinstance(self.small_batch_tokens, bool) or not (
+            isinstance(self.small_batch_tokens, int) and self.small_batch_tokens >= 0
+        ):
+            raise ValueError(f"small_batch_tokens={self.small_batch_tokens!r} must be an int >= 0")
         if self.level not in (0, 1, 2, 3):
             raise ValueError(f"level={self.level!r} must be 0, 1, 2 or 3")
         sizes = tuple(self.cudagraph_capture_sizes)

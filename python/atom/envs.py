@@ -9,6 +9,8 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 | ATOM_API_KEY               | default of the server's ``--api-key``                           |
 | OPENAI_API_KEY             | the serving benchmark's bearer token (as OpenAI clients do)     |
 | SAVE_TO_PYTORCH_BENCHMARK_FORMAT | benchmark_serving also writes PyTorch-benchmark records   |
+| ATOM_SMALL_BATCH_TOKENS    | GPU steps of at most this many tokens run the fused small-batch |
+|                            | decoder layers (atom/layers/small_batch.py); 0 turns them off    |
 """
 
 from __future__ import annotations
@@ -41,3 +43,16 @@ def openai_api_key() -> str | None:
 
 def save_pytorch_benchmark_format() -> bool:
     return bool(os.environ.get("SAVE_TO_PYTORCH_BENCHMARK_FORMAT"))
+
+
+def small_batch_tokens(default: int) -> int:
+    value = os.environ.get("ATOM_SMALL_BATCH_TOKENS", "").strip()
+    if not value:
+        return default
+    try:
+        tokens = int(value)
+    except ValueError:
+        raise ValueError(f"ATOM_SMALL_BATCH_TOKENS={value!r} is not an integer") from None
+    if tokens < 0:
+        raise ValueError(f"ATOM_SMALL_BATCH_TOKENS={tokens} must be >= 0")
+    return tokens

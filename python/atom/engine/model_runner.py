@@ -95,6 +95,15 @@ class ModelRunner:
         self.decode_graphs: DecodeGraphs | None = None  # set by _setup_fast_path
         self.model = build_model(mc, self.device, load_dummy=config.load_dummy)
         self.model.eval()
+        self.small_batch_layers = 0
+        if platform.is_gpu and config.small_batch_tokens > 0:
+            enable = getattr(self.model, "enable_small_batch", None)
+            if enable is not None:
+                self.small_batch_layers = enable(config.small_batch_tokens)
+            logger.info(
+                "fused small-batch form (<= %d tokens) in %d layers",
+                config.small_batch_tokens, self.small_batch_layers,
+            )  # fmt: skip
         self.attn_layers = list(self.model.attention_layers())
         if config.kv_cache_dtype == "fp8":
             self.kv_dtype = platform.fp8_dtype

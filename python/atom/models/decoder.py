@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from atom.forward_context import AttentionMetadata
+from atom.layers import small_batch
 from atom.layers.activation import gated_activation
 from atom.layers.attention import Attention
 from atom.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -102,9 +103,15 @@ class DecoderLayer(nn.Module):
         self.mlp = mlp  # dense or MoE: [T, hidden] -> [T, hidden]
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Steps of at most this many tokens run the fused small-batch form (layers/small_batch.py);
+        # 0 = never. Set by DecoderForCausalLM.enable_small_batch.
+        self.small_batch_max_tokens = 0
 
     def forward(self, positions, hidden, residual, meta):
-        """Carries (hidden, residual) so each norm fuses the residual add before it."""
+        """Carries (hidden, residual) so each norm fuses the residual add before it; residual None
+        means hidden is the whole residual stream."""
+        if hidden.shape[0] <= self.small_batch_max_tokens:
+            return small_batch.forward(self, positions, hidden, residual, meta)
         if residual is None:
             hidden, residual = self.input_layernorm(hidden), hidden
         else:
@@ -148,8 +155,7 @@ class DecoderModel(nn.Module):
         hidden, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual, meta)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        return self.norm(hidden) if residual is None else self.norm(hidden, residual)[0]
 
 
 class DecoderForCausalLM(nn.Module):
@@ -185,6 +191,16 @@ class DecoderForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions: [T] int64 -> hidden [T, hidden_size] (final-normed)."""
         return self.model(input_ids, positions, attn_metadata)
+
+    def enable_small_batch(self, max_tokens: int) -> int:
+        """Runs steps of at most ``max_tokens`` tokens through the fused small-batch form of every
+        layer that supports it (atom/layers/small_batch.py); returns how many do."""
+        count = 0
+        for layer in self.model.layers:
+            if isinstance(layer, DecoderLayer) and small_batch.supports(layer):
+                layer.small_batch_max_tokens = max_tokens
+                count += 1
+        return count
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden_size] -> logits [N, vocab_size] fp32."""
