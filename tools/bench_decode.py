@@ -274,24 +274,31 @@ def bench_shape(shape: str, args, root: Path, bandwidth: float) -> dict:
     prompt = [rng.randrange(3, config["vocab_size"]) for _ in range(args.prompt_len)]
     row: dict = {"shape": shape, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
     max_len = max(args.max_model_len, args.prompt_len + args.new_tokens + 16)
-    runs = [(level, sb) for level in args.levels for sb in args.small_batch]
+    runs = [(level, sb) for level in args.levels for sb in args.small_batch or [None]]
     for level, sb in runs:
         engine, startup = make_engine(
             folder, level=level, max_model_len=max_len, max_num_batched_tokens=4096,
-            max_num_seqs=args.max_num_seqs, small_batch_tokens=sb,
+            max_num_seqs=args.max_num_seqs,
+            **({} if sb is None else {"small_batch_tokens": sb}),
             **({"num_kv_blocks": 64} if args.dry_run else {}),
         )  # fmt: skip
         result = atom_decode(engine, prompt, args.new_tokens, args.repeats)
         fast_path = engine.runner.fast_path
         if engine.runner.small_batch_layers:
-            fast_path += f"; fused small-batch layers (<= {sb} tokens)"
-        result.update(startup_s=startup, fast_path=fast_path, small_batch_tokens=sb)
+            fast_path += (
+                f"; fused small-batch layers (<= {engine.config.small_batch_tokens} tokens)"
+            )
+        result.update(
+            startup_s=startup,
+            fast_path=fast_path,
+            small_batch_tokens=engine.config.small_batch_tokens,
+        )
         replay_ms = graph_replay_ms(engine)
         if replay_ms is not None:
             result["graph_replay_ms"] = replay_ms  # GPU time of a step; TPOT - this = host
-        if args.kernels and level == 0 and sb == args.small_batch[0]:
+        if args.kernels and level == 0 and (sb is None or sb == args.small_batch[0]):
             row["kernels_per_step"] = kernel_breakdown(engine, prompt)
-        row[f"atom_level{level}" + (f"_sb{sb}" if sb else "")] = result
+        row[f"atom_level{level}" + ("" if sb is None else f"_sb{sb}")] = result
         if "bytes_per_step" not in row:
             context = args.prompt_len + args.new_tokens / 2
             row["bytes_per_step"] = step_bytes(engine.runner.model, config, context)
@@ -351,8 +358,9 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--small-batch", type=int, nargs="+", default=[0],
-                        help="small_batch_tokens settings to run at each level (0 = off)")  # fmt: skip
+    parser.add_argument("--small-batch", type=int, nargs="+", default=None,
+                        help="small_batch_tokens settings to run at each level (0 = off; "
+                        "default: the engine's)")  # fmt: skip
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate")

@@ -22,7 +22,7 @@ KV_CACHE_DTYPES = ("bf16", "fp8")
 
 env_torch_profiler_dir = envs.torch_profiler_dir
 env_profiler_more = envs.profiler_more
-DEFAULT_SMALL_BATCH_TOKENS = 0  # see EngineConfig.small_batch_tokens
+DEFAULT_SMALL_BATCH_TOKENS = 4  # see EngineConfig.small_batch_tokens
 
 
 def env_small_batch_tokens() -> int:
@@ -58,7 +58,7 @@ class EngineConfig:
     # Launch a greedy decode step before the previous one's tokens are read (LLMEngine.step).
     async_scheduling: bool = True
     # GPU steps of at most this many tokens run the fused small-batch decoder layers
-    # (atom/layers/small_batch.py); 0 = off. Default from $ATOM_SMALL_BATCH_TOKENS.
+    # (atom/layers/small_batch.py); 0 = off. Default 4, or $ATOM_SMALL_BATCH_TOKENS.
     small_batch_tokens: int = field(default_factory=env_small_batch_tokens)
     load_dummy: bool = False  # random weights instead of the checkpoint's
     enable_expert_parallel: bool = False

@@ -160,7 +160,8 @@ def test_one_synchronization_per_decode_step(tiny_models, async_scheduling):
                 eng.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    # (The mode also warns once that it is a prototype: only the per-call warnings count.)
+    syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
     assert len(syncs) == (0 if async_scheduling else steps), [str(w.message) for w in syncs[:5]]
 
 

@@ -363,3 +363,22 @@ def test_default_configs_compile_for_sm90_without_spills(tmp_path):
     report = run.stdout + run.stderr[-3000:]
     assert run.returncode == 0, report
     assert sum(line.startswith("ok ") for line in report.splitlines()) >= 20, report
+
+
+def test_large_weights_at_several_rows_take_the_unfused_sequence(monkeypatch):
+    """The registry entry runs the kernel at one row, and the unfused sequence (same result) for a
+    weight above SMALL_WEIGHT at M > 1, where cuBLAS is faster (tools/bench_gemv.py on the H100)."""
+    from atom.kernels.reference.gemv import fused_gemv_reference
+    from atom.kernels.triton import gemv
+
+    calls = []
+    monkeypatch.setattr(gemv, "SMALL_WEIGHT", 64 * 40 - 1)
+    monkeypatch.setattr(gemv, "fused_gemv", lambda *a, **k: calls.append(a[0].shape[0]))
+    torch.manual_seed(0)
+    weight, norm_w = torch.randn(40, 64), torch.rand(64) + 0.5
+    x2 = torch.randn(2, 64)
+    got = gemv.fused_gemv_registered(x2, weight, norm_weight=norm_w, eps=1e-6)
+    want = fused_gemv_reference(x2, weight, norm_weight=norm_w, eps=1e-6)
+    torch.testing.assert_close(got, want)
+    gemv.fused_gemv_registered(torch.randn(1, 64), weight, norm_weight=norm_w, eps=1e-6)
+    assert calls == [1]  # only the one-row call reached the kernel

@@ -23,7 +23,8 @@ Which layers qualify (``supports``): a DecoderAttention (fused QKV, RoPE/QK-norm
 GatedMLP with SiLU, unsharded (one tensor-parallel rank) and unquantized, with weights of the
 activations' dtype. MoE and MLA layers keep their usual path. Whether a model uses this form at all
 is the runner's choice (``DecoderForCausalLM.enable_small_batch``): on a GPU, for steps of at most
-``max_tokens`` tokens.
+``small_batch_tokens`` tokens (4 by default), or of one token for layers with large weights
+(``max_tokens_for``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def supports(layer: nn.Module) -> bool:
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
     dtypes = {lin.weight.dtype for lin in linears}
     return all(_plain_linear(lin) for lin in linears) and len(dtypes) == 1
+
+
+def max_tokens_for(layer: nn.Module, max_tokens: int) -> int:
+    """The step size up to which ``layer`` runs its fused form: ``max_tokens``, but 1 for a layer
+    with a large weight, whose fused GEMV is faster only at one row (above, fused_gemv would run
+    the unfused sequence anyway, in more kernels than the usual layer form)."""
+    from atom.kernels.triton.gemv import SMALL_WEIGHT
+
+    linears = (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
+               layer.mlp.down_proj)  # fmt: skip
+    return max_tokens if all(lin.weight.numel() <= SMALL_WEIGHT for lin in linears) else 1
 
 
 def forward(layer: nn.Module, positions, hidden, residual, meta):

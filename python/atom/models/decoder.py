@@ -198,7 +198,7 @@ class DecoderForCausalLM(nn.Module):
         count = 0
         for layer in self.model.layers:
             if isinstance(layer, DecoderLayer) and small_batch.supports(layer):
-                layer.small_batch_max_tokens = max_tokens
+                layer.small_batch_max_tokens = small_batch.max_tokens_for(layer, max_tokens)
                 count += 1
         return count
 

@@ -58,6 +58,9 @@ from atom.kernels.registry import pick, register
 from atom.kernels.triton.attention_tile import dot_settings, round_to_bf16_in_fp32, to_output_dtype
 
 MAX_M = 32  # rows per call; batches above this are GEMMs, not GEMVs
+# Weights of at most this many elements are "small": for them the fused kernel beats the unfused
+# sequence at every M <= 4 measured; larger ones only at M = 1 (see fused_gemv_registered).
+SMALL_WEIGHT = 1 << 22
 TARGET_SMS = 132  # the H100's SM count: the default configs aim at >= 2 programs per SM
 _PRODUCTS_PER_PROGRAM = 8192  # reduce path: fp32 products per step (64 per thread at 4 warps)
 
@@ -80,12 +83,18 @@ def rows_padded(m: int, use_dot: bool) -> int:
 
 
 def default_gemv_config(m: int, n: int, k: int, dtype: torch.dtype) -> GemvConfig:
-    """Heuristics (not yet measured on the H100; see tools/bench_gemv.py for the sweep):
+    """Heuristics, checked against the sweep of tools/bench_gemv.py on the H100 (bf16; benchmarks/
+    results/gemv_nvidia_h100_*.json):
     - M <= 4, multiply-reduce: K in as few steps as the register budget allows (each step is one
       full memory latency, and K <= 2048 then takes one or two), BLOCK_N what is left of the budget,
-      halved down to 4 until there are >= 2 * TARGET_SMS programs;
+      halved down to 4 until there are >= 2 * TARGET_SMS programs. At M = 1 this was the sweep's
+      winner (or within 3% of it) on all 8 SmolLM2 / Llama-3-8B shapes; at M = 2..4 the sweep
+      preferred BLOCK_N 4 with BLOCK_K 1024 on the small (SmolLM2) weights, used here;
     - M > 4, tl.dot: 16..64 weight rows per program (as many as still give one program per SM),
-      BLOCK_K 128 (64 for fp32), 4 pipeline stages."""
+      BLOCK_K 128 (64 for fp32), 4 pipeline stages.
+    Large weights at M > 1 do not come here: see ``fused_gemv_registered``."""
+    if 1 < m <= 4 and n * k <= SMALL_WEIGHT and dtype != torch.float32:
+        return GemvConfig(block_n=4, block_k=min(1024, _pow2(k)), num_warps=4, num_stages=1)
     if m <= 4:
         m_pad = rows_padded(m, False)
         block_k = min(_pow2(k), _PRODUCTS_PER_PROGRAM // (4 * m_pad))
@@ -327,9 +336,15 @@ def fused_gemv(
 def fused_gemv_registered(
     x, weight, bias=None, *, norm_weight=None, eps=1e-6, act=None, residual=None, out=None
 ) -> torch.Tensor:
-    """The registry's entry: the kernel up to MAX_M rows; above (prefill), the unfused sequence
-    with the registry's rms_norm / silu_and_mul and a cuBLAS GEMM."""
-    if x.dim() == 2 and x.shape[0] > MAX_M:
+    """The registry's entry: the kernel where it is the faster way, else the unfused sequence
+    with the registry's rms_norm / silu_and_mul and a cuBLAS GEMM (same result up to rounding):
+    above MAX_M rows (prefill), and for a large weight at more than one row. On the H100 (bf16,
+    tools/bench_gemv.py) the kernel beat the unfused sequence on every shape at M = 1 (1.09-2.2x)
+    and on the SmolLM2 weights at M = 4 (1.3-1.6x at the best config), but at M = 4 lost to
+    cuBLAS on the Llama-3-8B weights (4096 x 6144 and up: 0.78-0.94x the unfused sequence even at
+    the sweep's best config)."""
+    rows = x.shape[0] if x.dim() == 2 else 0
+    if rows > MAX_M or (rows > 1 and weight.numel() > SMALL_WEIGHT):
         check_gemv_args(x, weight, bias, norm_weight, act, residual, out)
         dev = x.device.type
         return compose_gemv(
