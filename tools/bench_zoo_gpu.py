@@ -120,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--moe-layers", type=int, default=8, help="layers of Qwen3-30B-A3B (48)")
     parser.add_argument("--offline-requests", type=int, default=256)
+    parser.add_argument("--level", type=int, default=3, help="the engines' --level (0-3)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a dry run)")
     args = parser.parse_args()
@@ -135,14 +136,15 @@ def main() -> None:
         args.offline_requests = min(args.offline_requests, 8)
     sizing = {} if args.device == "cuda" else {"num_kv_blocks": 512}
     result: dict = {"benchmark": "zoo_gpu", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "torch": torch.__version__, "weights": "dummy (seeded random), bf16"}  # fmt: skip
+                    "torch": torch.__version__, "weights": "dummy (seeded random), bf16",
+                    "level": args.level}  # fmt: skip
     if args.device == "cuda":
         result["device"] = torch.cuda.get_device_name(0)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_config(Path(tmp) / "qwen3_30b_a3b", moe_cfg)
         t0 = time.perf_counter()
-        engine = LLMEngine(model=str(folder), dtype="bfloat16", load_dummy=True,
+        engine = LLMEngine(model=str(folder), dtype="bfloat16", load_dummy=True, level=args.level,
                            max_model_len=prompt_len + new_tokens + 16, **sizing)  # fmt: skip
         layers = moe_cfg["num_hidden_layers"]
         result["qwen3_30b_a3b"] = {"layers": layers, "of_layers": 48,
@@ -156,7 +158,7 @@ def main() -> None:
             torch.cuda.empty_cache()
 
         folder = write_config(Path(tmp) / "qwen3_0_6b", dense_cfg)
-        engine = LLMEngine(model=str(folder), dtype="bfloat16", load_dummy=True,
+        engine = LLMEngine(model=str(folder), dtype="bfloat16", load_dummy=True, level=args.level,
                            max_model_len=2 * hi + 16, **sizing)  # fmt: skip
         result["qwen3_0_6b_offline"] = offline_throughput(
             engine, args.offline_requests, lo, hi, args.device
