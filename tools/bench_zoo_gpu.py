@@ -18,6 +18,7 @@ Prints a table; writes JSON to benchmarks/results/zoo_gpu.json and to $OUT when 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import sys
@@ -154,6 +155,7 @@ def main() -> None:
             row["est_48_layer_tokens_per_s"] = row["decode_tokens_per_s"] * layers / 48
             result["qwen3_30b_a3b"]["decode"].append(row)
         del engine
+        gc.collect()  # the engine's reference cycles hold its weights, KV cache and graph pool
         if args.device == "cuda":
             torch.cuda.empty_cache()
 
