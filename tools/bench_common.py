@@ -35,6 +35,30 @@ def time_ms(fn: Callable[[], object], device: str, rep: int = 50) -> float:
     return sorted(samples)[1]
 
 
+def graph_time_ms(calls: list[Callable[[], object]], reps: int = 20) -> float:
+    """Median milliseconds per call of ``calls`` captured together in one CUDA graph and
+    replayed ``reps`` times: the GPU time of the calls without their launch cost. Each call runs
+    once before the capture (compiles, warm-up)."""
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(reps):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / len(calls))
+    return sorted(samples)[len(samples) // 2]
+
+
 def copy_bandwidth_gbps(device: str, nbytes: int, rep: int = 50) -> float:
     """GB/s of a device-to-device copy of ``nbytes``, counting the bytes read and written: the
     bound a memory-bound kernel is compared with (timed with time_ms)."""

@@ -87,32 +87,12 @@ def time_graph_us(make_call, copies: int, device: str, reps: int = 20) -> float:
     """Microseconds per call: a CUDA graph of max(MIN_GRAPH_CALLS, copies) calls, call i using
     weight copy i % copies (make_call(i) returns the call), replayed; median over replays. On the
     CPU (dry run) plain calls of one copy."""
-    from bench_common import time_ms
+    from bench_common import graph_time_ms, time_ms
 
     if device != "cuda":
         return 1e3 * time_ms(make_call(0), device)
     calls = [make_call(i % copies) for i in range(max(MIN_GRAPH_CALLS, copies))]
-    import torch
-
-    for c in calls[: min(len(calls), copies)]:  # compile and warm up outside the capture
-        c()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for c in calls:
-            c()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(1e3 * start.elapsed_time(end) / len(calls))
-    del graph
-    return sorted(samples)[len(samples) // 2]
+    return 1e3 * graph_time_ms(calls, reps)
 
 
 def bench_case(name, k, n, fusion, m, dtype, device, l2_bytes, copy_gbps, dry) -> dict:

@@ -33,6 +33,7 @@ from atom.kernels.triton.moe import CANDIDATES, fused_moe_triton, pick_config  #
 from bench_common import (  # noqa: E402
     copy_bandwidth_gbps,
     file_slug,
+    graph_time_ms,
     kernel_result_header,
     result_paths,
     time_ms,
@@ -53,24 +54,7 @@ def time_graph(fns, device: str, reps: int = 20) -> float:
     """Milliseconds per call of the calls in fns, captured together in one CUDA graph."""
     if device != "cuda":
         return time_eager(lambda: [f() for f in fns], device) / len(fns)
-    for f in fns:  # compile and warm up outside the capture
-        f()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for f in fns:
-            f()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / len(fns))
-    return sorted(samples)[len(samples) // 2]
+    return graph_time_ms(list(fns), reps)
 
 
 def routing(tokens: int, experts: int, top_k: int, device: str, seed: int):
