@@ -43,6 +43,7 @@ from atom.kernels.triton.paged_testing import make_paged_batch  # noqa: E402
 from bench_common import (  # noqa: E402
     copy_bandwidth_gbps,
     file_slug,
+    graph_time_ms,
     kernel_result_header,
     result_paths,
     time_ms,
@@ -71,22 +72,7 @@ def time_graph_ms(fn, device: str, reps: int = 30) -> float:
     launch overhead), with L2 flushed before each replay so small batches are not L2-resident."""
     if device != "cuda":
         return time_ms(fn, device)
-    fn()  # compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(reps):
-        flush.zero_()
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return sorted(samples)[len(samples) // 2]
+    return graph_time_ms([fn], reps, flush_bytes=256 << 20)
 
 
 def decode_name(c: DecodeConfig) -> str:

@@ -35,10 +35,11 @@ def time_ms(fn: Callable[[], object], device: str, rep: int = 50) -> float:
     return sorted(samples)[1]
 
 
-def graph_time_ms(calls: list[Callable[[], object]], reps: int = 20) -> float:
+def graph_time_ms(calls: list[Callable[[], object]], reps: int = 20, flush_bytes: int = 0) -> float:
     """Median milliseconds per call of ``calls`` captured together in one CUDA graph and
     replayed ``reps`` times: the GPU time of the calls without their launch cost. Each call runs
-    once before the capture (compiles, warm-up)."""
+    once before the capture (compiles, warm-up). With ``flush_bytes``, a buffer that large is
+    zeroed before each replay (outside the timing), so the calls' inputs are not L2-resident."""
     for call in calls:
         call()
     torch.cuda.synchronize()
@@ -49,8 +50,11 @@ def graph_time_ms(calls: list[Callable[[], object]], reps: int = 20) -> float:
     graph.replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
     samples = []
     for _ in range(reps):
+        if flush is not None:
+            flush.zero_()
         start.record()
         graph.replay()
         end.record()

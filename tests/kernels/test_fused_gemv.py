@@ -18,19 +18,6 @@ import torch
 from atom.kernels.reference.gemv import fused_gemv_reference
 
 
-def _device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "cpu"
-    pytest.skip("needs a GPU or TRITON_INTERPRET=1")
-
-
-@pytest.fixture(scope="module")
-def device() -> str:
-    return _device()
-
-
 def _poisoned(rows: int, cols: int, values: torch.Tensor, pad: int = 8) -> torch.Tensor:
     """values [rows, cols] as a view with row stride cols + pad into a NaN-filled buffer."""
     buf = torch.full((rows, cols + pad), float("nan"), dtype=values.dtype, device=values.device)

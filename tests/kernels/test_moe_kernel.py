@@ -7,27 +7,12 @@ precision. Experts that receive no tokens get NaN weights: the kernel must never
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atom.kernels.reference.moe import fused_moe_ref
-
-
-def _device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "cpu"
-    pytest.skip("needs a GPU or TRITON_INTERPRET=1")
-
-
-@pytest.fixture(scope="module")
-def device() -> str:
-    return _device()
 
 
 def _problem(t, e, k, h, inter, dtype, device, bias=False, unused=(), seed=0):
@@ -164,10 +149,9 @@ def test_align_invariants(device):
     activation=st.sampled_from(["silu", "gptoss_swiglu"]),
     seed=st.integers(0, 1000),
 )
-def test_property_random_shapes(t, e, k, h, inter, dtype, activation, seed):
+def test_property_random_shapes(device, t, e, k, h, inter, dtype, activation, seed):
     from atom.kernels.triton.moe import fused_moe_triton
 
-    device = _device()
     k = min(k, e - 1)
     bias = activation == "gptoss_swiglu"
     args = _problem(t, e, k, h, inter, dtype, device, bias=bias, unused=(e - 1,), seed=seed)
