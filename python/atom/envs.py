@@ -11,6 +11,8 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 | SAVE_TO_PYTORCH_BENCHMARK_FORMAT | benchmark_serving also writes PyTorch-benchmark records   |
 | ATOM_SMALL_BATCH_TOKENS    | GPU steps of at most this many tokens run the fused small-batch |
 |                            | decoder layers (atom/layers/small_batch.py); 0 turns them off    |
+| ATOM_PDL=0                 | Triton kernels launch without programmatic dependent launch      |
+|                            | (atom/kernels/triton/pdl.py; on by default on sm90+ CUDA)        |
 """
 
 from __future__ import annotations
@@ -56,3 +58,8 @@ def small_batch_tokens(default: int) -> int:
     if tokens < 0:
         raise ValueError(f"ATOM_SMALL_BATCH_TOKENS={tokens} must be >= 0")
     return tokens
+
+
+def pdl() -> bool:
+    """Programmatic dependent launch for Triton kernels (default on; ``ATOM_PDL=0`` turns it off)."""
+    return os.environ.get("ATOM_PDL", "1").strip().lower() in _TRUE
