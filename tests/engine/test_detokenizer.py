@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atom.engine.detokenizer import IncrementalDetokenizer, TextStream
+from atom.engine.detokenizer import IncrementalDetokenizer, TextStream, decoder_of
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,21 @@ def test_special_tokens_are_skipped(tokenizer):
     ids = tokenizer.encode("Hi") + [tokenizer.eos_token_id] + tokenizer.encode(" there")
     text = "".join(detok.add(t) for t in ids)
     assert text == "Hi there"
+
+
+@settings(max_examples=40, deadline=None)
+@given(ids=st.lists(st.integers(0, 49151), max_size=12), skip=st.booleans())
+def test_backend_decoder_equals_tokenizer_decode(tokenizer, ids, skip):
+    """The direct backend call (the hot path) is the tokenizer's own decode, special tokens
+    included; a tokenizer without a Rust backend goes through decode()."""
+    expected = tokenizer.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+    assert decoder_of(tokenizer, skip)(ids) == expected
+
+    class Slow:  # only the public decode
+        def decode(self, ids, **kw):
+            return tokenizer.decode(ids, **kw)
+
+    assert decoder_of(Slow(), skip)(ids) == expected
 
 
 def run_stream(tokenizer, text: str, stops: list[str]) -> tuple[TextStream, str | None, list[str]]:

@@ -240,6 +240,8 @@ class LLMEngine:
             for seq in seqs:
                 if self.requests.get(request_id) is not req:  # aborted by a failing callback
                     break
+                if req.callback is None and not seq.is_finished:
+                    continue  # nobody to hand it to: the final output carries everything
                 out = self._emit(req, seq)
                 if out.finished:
                     finished_outputs.append(out)
