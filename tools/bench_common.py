@@ -104,3 +104,52 @@ def write_json(result: dict, paths: list[Path], indent: int = 1) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=indent))
     return paths
+
+
+class EngineStepTimers:
+    """Where an LLMEngine's wall time goes, for a benchmark's diagnosis: wraps (on this engine
+    only) the scheduler, the runner's synchronous step and its launch / collect halves, and the
+    engine's token processing, and sums the seconds spent in each. With asynchronous scheduling
+    ``collect_decode`` is mostly waiting for the GPU, so host-bound runs show a small wait and
+    GPU-bound runs a large one.
+
+        timers = EngineStepTimers(engine)
+        engine.generate(...)
+        print(timers.summary())
+    """
+
+    def __init__(self, engine) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        for owner, name, label in (
+            (engine.scheduler, "schedule", "schedule"),
+            (engine.runner, "run", "sync_step"),
+            (engine.runner, "launch_decode", "launch"),
+            (engine.runner, "collect_decode", "collect_wait"),
+            (engine, "_process", "process_tokens"),
+        ):
+            self._wrap(owner, name, label)
+
+    def _wrap(self, owner, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+        self.seconds[label], self.calls[label] = 0.0, 0
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - start
+                self.calls[label] += 1
+
+        setattr(owner, name, timed)
+
+    def reset(self) -> None:
+        for label in self.seconds:
+            self.seconds[label], self.calls[label] = 0.0, 0
+
+    def summary(self) -> dict:
+        return {
+            label: {"seconds": round(self.seconds[label], 4), "calls": self.calls[label]}
+            for label in self.seconds
+        }

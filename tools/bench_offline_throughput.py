@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import EngineStepTimers  # noqa: E402
 from bench_decode import (  # noqa: E402
     SHAPES,
     device,
@@ -53,8 +54,10 @@ def workload(num: int, vocab: int, lo: int = 100, hi: int = 1024, seed: int = 0)
 def atom_offline(engine, prompts, out_lens) -> dict:
     from atom import SamplingParams
 
+    timers = EngineStepTimers(engine)
     warm = [p[:32] for p in prompts[:8]]
     engine.generate(warm, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+    timers.reset()
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in out_lens]
     steps_before = engine.num_steps
     sync()
@@ -73,6 +76,7 @@ def atom_offline(engine, prompts, out_lens) -> dict:
         "steps": engine.num_steps - steps_before,
         "mean_ttft_s": sum(o["ttft"] for o in outs) / len(outs),
         "mean_tpot_ms": 1e3 * sum(o["tpot"] for o in outs) / len(outs),
+        "time_split_s": timers.summary(),
     }
 
 

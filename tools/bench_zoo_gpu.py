@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from atom import LLMEngine, SamplingParams  # noqa: E402
 from atom.engine.testing import write_test_tokenizer  # noqa: E402
-from bench_common import result_paths, write_json  # noqa: E402
+from bench_common import EngineStepTimers, result_paths, write_json  # noqa: E402
 
 QWEN3_30B_A3B = {
     "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
@@ -99,8 +99,10 @@ def offline_throughput(engine, num_requests: int, lo: int, hi: int, device: str)
     for _ in range(num_requests):
         prompts.append([rng.randrange(3, 400) for _ in range(rng.randint(lo, hi))])
         params.append(greedy(rng.randint(lo, hi)))
+    timers = EngineStepTimers(engine)
     engine.generate(prompts[:8], greedy(4))  # warmup
     sync(device)
+    timers.reset()
     t0 = time.perf_counter()
     outs = engine.generate(prompts, params)
     sync(device)
@@ -114,6 +116,8 @@ def offline_throughput(engine, num_requests: int, lo: int, hi: int, device: str)
         "seconds": elapsed,
         "output_tokens_per_s": out_tokens / elapsed,
         "total_tokens_per_s": (in_tokens + out_tokens) / elapsed,
+        "steps": engine.num_steps,
+        "time_split_s": timers.summary(),
     }
 
 
@@ -124,6 +128,8 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=3, help="the engines' --level (0-3)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a dry run)")
+    parser.add_argument("--parts", nargs="+", default=["moe", "offline"], choices=["moe", "offline"],
+                        help="which benchmarks to run")  # fmt: skip
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device (use --device cpu --quick for a dry run)")
@@ -143,39 +149,57 @@ def main() -> None:
         result["device"] = torch.cuda.get_device_name(0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_config(Path(tmp) / "qwen3_30b_a3b", moe_cfg)
-        t0 = time.perf_counter()
-        engine = LLMEngine(model=str(folder), dtype="bfloat16", load_dummy=True, level=args.level,
-                           max_model_len=prompt_len + new_tokens + 16, **sizing)  # fmt: skip
-        layers = moe_cfg["num_hidden_layers"]
-        result["qwen3_30b_a3b"] = {"layers": layers, "of_layers": 48,
-                                   "load_s": time.perf_counter() - t0, "decode": []}  # fmt: skip
-        for b in batches:
-            row = decode_rate(engine, b, prompt_len, new_tokens, args.device)
-            row["est_48_layer_tokens_per_s"] = row["decode_tokens_per_s"] * layers / 48
-            result["qwen3_30b_a3b"]["decode"].append(row)
-        del engine
-        gc.collect()  # the engine's reference cycles hold its weights, KV cache and graph pool
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
-
-        folder = write_config(Path(tmp) / "qwen3_0_6b", dense_cfg)
-        engine = LLMEngine(model=str(folder), dtype="bfloat16", load_dummy=True, level=args.level,
-                           max_model_len=2 * hi + 16, **sizing)  # fmt: skip
-        result["qwen3_0_6b_offline"] = offline_throughput(
-            engine, args.offline_requests, lo, hi, args.device
-        )
+        if "moe" in args.parts:
+            result["qwen3_30b_a3b"] = moe_decode(Path(tmp), moe_cfg, batches, prompt_len,
+                                                 new_tokens, args, sizing)  # fmt: skip
+        if "offline" in args.parts:
+            folder = write_config(Path(tmp) / "qwen3_0_6b", dense_cfg)
+            engine = LLMEngine(model=str(folder), dtype="bfloat16", load_dummy=True,
+                               level=args.level, max_model_len=2 * hi + 16, **sizing)  # fmt: skip
+            result["qwen3_0_6b_offline"] = offline_throughput(
+                engine, args.offline_requests, lo, hi, args.device
+            )
 
     write_json(result, result_paths("zoo_gpu.json"), indent=2)
+    print_summary(result)
 
-    moe = result["qwen3_30b_a3b"]
+
+def moe_decode(tmp: Path, moe_cfg: dict, batches, prompt_len, new_tokens, args, sizing) -> dict:
+    """Decode rates of the Qwen3-30B-A3B shape (its engine is dropped before returning)."""
+    folder = write_config(tmp / "qwen3_30b_a3b", moe_cfg)
+    t0 = time.perf_counter()
+    engine = LLMEngine(model=str(folder), dtype="bfloat16", load_dummy=True, level=args.level,
+                       max_model_len=prompt_len + new_tokens + 16, **sizing)  # fmt: skip
+    layers = moe_cfg["num_hidden_layers"]
+    out = {"layers": layers, "of_layers": 48, "load_s": time.perf_counter() - t0, "decode": []}
+    for b in batches:
+        row = decode_rate(engine, b, prompt_len, new_tokens, args.device)
+        row["est_48_layer_tokens_per_s"] = row["decode_tokens_per_s"] * layers / 48
+        out["decode"].append(row)
+    del engine
+    gc.collect()  # the engine's reference cycles hold its weights, KV cache and graph pool
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def print_summary(result: dict) -> None:
     print(f"\n{result.get('device', 'cpu')}, torch {result['torch']}, {result['weights']}")
-    print(f"Qwen3-30B-A3B shape, {moe['layers']} of 48 layers (loaded in {moe['load_s']:.0f} s):")
-    print(f"{'batch':>5} {'decode tok/s':>13} {'tpot ms':>8} {'ttft ms':>8} {'est. 48 layers':>15}")
-    for r in moe["decode"]:
-        print(f"{r['batch']:>5} {r['decode_tokens_per_s']:>13.1f} {r['mean_tpot_ms']:>8.2f} "
-              f"{r['mean_ttft_ms']:>8.1f} {r['est_48_layer_tokens_per_s']:>15.1f}")  # fmt: skip
-    off = result["qwen3_0_6b_offline"]
+    moe = result.get("qwen3_30b_a3b")
+    if moe:
+        print(
+            f"Qwen3-30B-A3B shape, {moe['layers']} of 48 layers (loaded in {moe['load_s']:.0f} s):"
+        )
+        print(
+            f"{'batch':>5} {'decode tok/s':>13} {'tpot ms':>8} {'ttft ms':>8} {'est. 48 layers':>15}"
+        )
+        for r in moe["decode"]:
+            print(f"{r['batch']:>5} {r['decode_tokens_per_s']:>13.1f} {r['mean_tpot_ms']:>8.2f} "
+                  f"{r['mean_ttft_ms']:>8.1f} {r['est_48_layer_tokens_per_s']:>15.1f}")  # fmt: skip
+    off = result.get("qwen3_0_6b_offline")
+    if not off:
+        return
+    print(f"time split (s): {off['time_split_s']}")
     print(f"Qwen3-0.6B shape offline: {off['requests']} requests, {off['output_tokens']} output "
           f"tokens in {off['seconds']:.1f} s: {off['output_tokens_per_s']:.0f} output tok/s, "
           f"{off['total_tokens_per_s']:.0f} total tok/s (bar: 20000)")  # fmt: skip
