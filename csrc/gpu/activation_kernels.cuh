@@ -2,14 +2,18 @@
 #pragma once
 
 #include "numerics.cuh"
+#include "pdl.cuh"
 
 namespace atom::gpu {
 
 // grid = (rows, ceil(d / (V * blockDim))): one V-element vector of gate and of up per thread.
+// Launched with launch_kernel (PDL).
 template <typename T, int V>
 __global__ void silu_and_mul_kernel(SiluAndMulParams p) {
   using S = typename T::storage;
   using VecT = Vec<S, V>;
+  pdl_wait();  // before the early return too: see pdl.cuh
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const int64_t i = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;  // vector index
   if (i >= p.d / V) return;

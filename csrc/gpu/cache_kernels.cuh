@@ -2,6 +2,7 @@
 #pragma once
 
 #include "numerics.cuh"
+#include "pdl.cuh"
 
 namespace atom::gpu {
 
@@ -45,9 +46,11 @@ __device__ __forceinline__ void write_token(const HeadsView& src, const PagedCac
   }
 }
 
-// grid = number of slots; one block per token.
+// grid = number of slots; one block per token. Launched with launch_kernel (PDL).
 template <typename T, typename C, int V>
 __global__ void reshape_and_cache_kernel(CacheWriteParams p) {
+  pdl_wait();  // before reading the slot (and before the early return): see pdl.cuh
+  pdl_launch_dependents();
   const int64_t token = blockIdx.x;
   const int64_t slot = load_index(p.slot_mapping, token);
   if (!slot_in_cache(p.key_cache, slot)) return;  // uniform over the block

@@ -5,6 +5,7 @@
 #include "activation_kernels.cuh"
 #include "dispatch.cuh"
 #include "norm_kernels.cuh"
+#include "pdl.cuh"
 
 namespace atom::gpu {
 
@@ -74,11 +75,12 @@ void rms_norm(const RmsNormParams& p, void* stream) {
         // fp32 weights would not fit in the registers that 1024-thread launch bounds leave.
         if constexpr (kVecs == 2) {
           if (shape.threads <= 256) {
-            rms_norm_kernel<T, W, kV, 1, kVecs, true><<<p.rows, shape.threads, 0, s>>>(p);
+            launch_kernel(rms_norm_kernel<T, W, kV, 1, kVecs, true>, p.rows, shape.threads, 0, s,
+                          p);
             return;
           }
         }
-        rms_norm_kernel<T, W, kV, 1, kVecs, false><<<p.rows, shape.threads, 0, s>>>(p);
+        launch_kernel(rms_norm_kernel<T, W, kV, 1, kVecs, false>, p.rows, shape.threads, 0, s, p);
       });
     });
   });
@@ -96,8 +98,9 @@ void fused_add_rms_norm(const FusedAddRmsNormParams& p, void* stream) {
       const bool aligned = vector_aligned(p.x, sizeof(S), V, {p.x_row_stride}) &&
                            vector_aligned(p.residual, sizeof(S), V, {p.residual_row_stride});
       launch_norm<T, W>(p, aligned, "fused_add_rms_norm", [&](auto v, auto vecs, NormShape shape) {
-        fused_add_rms_norm_kernel<T, W, decltype(v)::value, 1, decltype(vecs)::value, false>
-            <<<p.rows, shape.threads, 0, static_cast<gpuStream_t>(stream)>>>(p);
+        constexpr int kV = decltype(v)::value, kVecs = decltype(vecs)::value;
+        launch_kernel(fused_add_rms_norm_kernel<T, W, kV, 1, kVecs, false>, p.rows, shape.threads,
+                      0, static_cast<gpuStream_t>(stream), p);
       });
     });
   });
@@ -118,9 +121,9 @@ void silu_and_mul(const SiluAndMulParams& p, void* stream) {
     const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>(ceil_div(num_vecs, kThreads)));
     const auto s = static_cast<gpuStream_t>(stream);
     if (wide) {
-      silu_and_mul_kernel<T, V><<<grid, kThreads, 0, s>>>(p);
+      launch_kernel(silu_and_mul_kernel<T, V>, grid, kThreads, 0, s, p);
     } else {
-      silu_and_mul_kernel<T, 1><<<grid, kThreads, 0, s>>>(p);
+      launch_kernel(silu_and_mul_kernel<T, 1>, grid, kThreads, 0, s, p);
     }
   });
   check_launch("silu_and_mul");

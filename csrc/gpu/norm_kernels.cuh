@@ -18,6 +18,7 @@
 #pragma once
 
 #include "numerics.cuh"
+#include "pdl.cuh"
 #include "reduce.cuh"
 
 namespace atom::gpu {
@@ -70,13 +71,16 @@ __device__ __forceinline__ VecT normalize_vec(const VecT& xv, const VecW& wv, fl
 // kVecs: vectors of each row a thread keeps in registers; kPrefetchWeight: load the weight with
 // the rows (its L1/L2 latency hidden behind theirs, at the cost of registers held across the
 // reduction) instead of after the reduction. grid = ceil(rows / kRows), blockDim <=
-// kNormMaxThreads (a multiple of the warp size).
+// kNormMaxThreads (a multiple of the warp size). Launched with launch_kernel (PDL).
 template <typename T, typename W, int V, int kRows, int kVecs, bool kPrefetchWeight>
 __global__ void __launch_bounds__(kNormMaxThreads) rms_norm_kernel(RmsNormParams p) {
   using S = typename T::storage;
   using VecT = Vec<S, V>;
   using VecW = Vec<typename W::storage, V>;
   __shared__ float scratch[kRows][32];
+  // Before every load, the weight's too (the glue may have just converted it): see pdl.cuh.
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const VecW* weight = static_cast<const VecW*>(p.weight);
   // Within a row, 32-bit indices (the launcher rejects rows of 2^30 elements or more).
@@ -149,6 +153,8 @@ __global__ void __launch_bounds__(kNormMaxThreads) fused_add_rms_norm_kernel(
   using VecT = Vec<S, V>;
   using VecW = Vec<typename W::storage, V>;
   __shared__ float scratch[kRows][32];
+  pdl_wait();  // before every load and store: see pdl.cuh
+  pdl_launch_dependents();
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const VecW* weight = static_cast<const VecW*>(p.weight);
   const int num_vecs = static_cast<int>(p.hidden / V);

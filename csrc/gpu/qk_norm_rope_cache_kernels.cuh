@@ -13,6 +13,7 @@
 
 #include "cache_kernels.cuh"
 #include "numerics.cuh"
+#include "pdl.cuh"
 #include "reduce.cuh"
 
 namespace atom::gpu {
@@ -30,13 +31,15 @@ __device__ __forceinline__ float rope_element(const float* x, int64_t i, int64_t
 }
 
 // Launch: blockDim.x = G * rows_per_block, dynamic shared memory = rows_per_block * head_size
-// floats, grid = ceil(tokens * (Hq + 2 Hkv) / rows_per_block).
+// floats, grid = ceil(tokens * (Hq + 2 Hkv) / rows_per_block). Launched with launch_kernel (PDL).
 template <typename T, typename C, int V>
 __global__ void qk_norm_rope_cache_kernel(QkNormRopeCacheParams p, int group_size) {
   using S = typename T::storage;
   using CS = typename C::storage;
   using VecT = Vec<S, V>;
   extern __shared__ float rows_smem[];
+  pdl_wait();  // before reading slots, q/k/v or the cache: see pdl.cuh
+  pdl_launch_dependents();
 
   const int64_t head_size = p.q.head_size;
   const int64_t num_vecs = head_size / V;

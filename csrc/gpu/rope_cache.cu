@@ -3,6 +3,7 @@
 #include "../launchers.h"
 #include "cache_kernels.cuh"
 #include "dispatch.cuh"
+#include "pdl.cuh"
 #include "qk_norm_rope_cache_kernels.cuh"
 #include "rotary_kernels.cuh"
 
@@ -43,11 +44,11 @@ void rotary_embedding(const RotaryParams& p, void* stream) {
     const size_t smem = static_cast<size_t>(p.cos_sin.rot_dim) * sizeof(float);
     const auto s = static_cast<gpuStream_t>(stream);
     if (!wide) {
-      rotary_embedding_kernel<T, 0, false><<<p.tokens, threads, smem, s>>>(p);
+      launch_kernel(rotary_embedding_kernel<T, 0, false>, p.tokens, threads, smem, s, p);
     } else if (p.is_neox) {
-      rotary_embedding_kernel<T, N, true><<<p.tokens, threads, smem, s>>>(p);
+      launch_kernel(rotary_embedding_kernel<T, N, true>, p.tokens, threads, smem, s, p);
     } else {
-      rotary_embedding_kernel<T, N, false><<<p.tokens, threads, smem, s>>>(p);
+      launch_kernel(rotary_embedding_kernel<T, N, false>, p.tokens, threads, smem, s, p);
     }
   });
   check_launch("rotary_embedding");
@@ -68,9 +69,9 @@ void reshape_and_cache(const CacheWriteParams& p, void* stream) {
     const int threads = block_threads(vecs, 512);
     const auto s = static_cast<gpuStream_t>(stream);
     if (wide) {
-      reshape_and_cache_kernel<T, C, V><<<p.slot_mapping.count, threads, 0, s>>>(p);
+      launch_kernel(reshape_and_cache_kernel<T, C, V>, p.slot_mapping.count, threads, 0, s, p);
     } else {
-      reshape_and_cache_kernel<T, C, 1><<<p.slot_mapping.count, threads, 0, s>>>(p);
+      launch_kernel(reshape_and_cache_kernel<T, C, 1>, p.slot_mapping.count, threads, 0, s, p);
     }
   });
   check_launch("reshape_and_cache");
@@ -102,9 +103,9 @@ void fused_qk_norm_rope_cache(const QkNormRopeCacheParams& p, void* stream) {
     const auto grid = static_cast<unsigned>(ceil_div(rows, rows_per_block));
     const auto s = static_cast<gpuStream_t>(stream);
     if (wide) {
-      qk_norm_rope_cache_kernel<T, C, V><<<grid, kThreads, smem, s>>>(p, group);
+      launch_kernel(qk_norm_rope_cache_kernel<T, C, V>, grid, kThreads, smem, s, p, group);
     } else {
-      qk_norm_rope_cache_kernel<T, C, 1><<<grid, kThreads, smem, s>>>(p, group);
+      launch_kernel(qk_norm_rope_cache_kernel<T, C, 1>, grid, kThreads, smem, s, p, group);
     }
   });
   check_launch("fused_qk_norm_rope_cache");

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "numerics.cuh"
+#include "pdl.cuh"
 
 namespace atom::gpu {
 
@@ -73,10 +74,13 @@ __device__ __forceinline__ void rotate_token(const HeadsView& x, int64_t token, 
 }
 
 // grid = tokens; dynamic shared memory = rot_dim floats (this token's cos | sin row).
-// kVec: 0 = scalar path, else the vector width N with kNeox as in rotate_token_vec.
+// kVec: 0 = scalar path, else the vector width N with kNeox as in rotate_token_vec. Launched
+// with launch_kernel (PDL).
 template <typename T, int kVec, bool kNeox>
 __global__ void rotary_embedding_kernel(RotaryParams p) {
   extern __shared__ float cos_sin[];
+  pdl_wait();  // before reading positions (and before the early return): see pdl.cuh
+  pdl_launch_dependents();
   const int64_t token = blockIdx.x;
   const int64_t pos = load_index(p.positions, token);
   if (pos < 0 || pos >= p.cos_sin.max_position) return;  // uniform over the block
