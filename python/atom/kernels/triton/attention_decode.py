@@ -17,6 +17,14 @@ CUDA graphs: ``decode_attention`` sizes its grid from the shapes of its argument
 capture and replay (same storage, new contents): q, out, key/value caches, block_tables, seq_lens,
 cu_seqlens_q, sinks, k_scale, v_scale and the DecodeWorkspace. Padding sequences of a captured
 batch may have seq_len 0: they read nothing and write zeros.
+
+PDL (programmatic dependent launch, atom.kernels.triton.pdl; on for Hopper+ unless ATOM_PDL=0): both
+kernels call ``gdc_wait`` first, before any load (q, the caches, seq_lens, block tables and the
+split partials are all written within the step) and before the early exit of an empty sequence,
+then ``gdc_launch_dependents`` so that the next kernel (the combine, or the o-projection GEMV that
+prefetches its weight) can be scheduled while this one runs. What overlaps the previous kernel is
+the launch and the program-id math; nothing is read early. The captured graph keeps these edges;
+the persistence contract above is unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from atom.kernels.triton.attention_tile import (
     dot_settings,
     to_output_dtype,
 )
+from atom.kernels.triton.pdl import launch_options, pdl_enabled
 
 LOG2E = tl.constexpr(1.4426950408889634)
 MAX_SPLITS = 64
@@ -123,7 +132,11 @@ def _decode_split_kernel(
     HAS_V_SCALE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     CPU_BF16: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (module docstring)
 ):
+    if USE_PDL:  # before every load and the early exit: all inputs are written within the step
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -216,7 +229,11 @@ def _decode_combine_kernel(
     HAS_SINKS: tl.constexpr,
     HAS_V_SCALE: tl.constexpr,
     CPU_BF16: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:  # the partials are the split kernel's output
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0)
     head = tl.program_id(1)
     q_tok = tl.load(cu_seqlens_q_ptr + seq)
@@ -293,6 +310,7 @@ def decode_attention(
     else:
         part_out = part_lse = out  # unused
     dot_precision, cpu_bf16 = dot_settings(q)
+    pdl = pdl_enabled(q.device)
     dummy = seq_lens
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, out, part_out, part_lse, block_tables, seq_lens, cu_seqlens_q,
@@ -308,8 +326,8 @@ def decode_attention(
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, NUM_SPLITS=num_splits,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
-        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )  # fmt: skip
     if num_splits > 1:
         _decode_combine_kernel[(num_seqs, num_heads)](
@@ -320,6 +338,6 @@ def decode_attention(
             HEAD_DIM=head_dim, D_PAD=d_pad, NUM_SPLITS=num_splits,
             SPLITS_PAD=triton.next_power_of_2(num_splits),
             HAS_SINKS=sinks is not None, HAS_V_SCALE=v_scale is not None, CPU_BF16=cpu_bf16,
-            num_warps=4 if head_dim >= 128 else 2,
+            USE_PDL=pdl, num_warps=4 if head_dim >= 128 else 2, **launch_options(pdl),
         )  # fmt: skip
     return out

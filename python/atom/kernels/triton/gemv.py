@@ -41,6 +41,17 @@ No split-K in this version: the grid is cdiv(N, BLOCK_N), and the default config
 until the grid gives about 2 (reduce) or 1 (dot) programs per SM (tools/bench_gemv.py sweeps the
 alternatives; ``--compile-check`` compiles every config for sm90 without a GPU, no spills).
 
+PDL (programmatic dependent launch, atom.kernels.triton.pdl; on for Hopper+ unless ATOM_PDL=0):
+each program first does what reads no activation and may overlap the previous kernel's tail: index
+math and the loads of its first K step's parameter tiles (W, the norm weight) and of its bias. Then
+``gdc_wait`` (the previous kernel has completed and its writes are visible), then everything that
+reads x / residual and every store, and ``gdc_launch_dependents`` right after the wait so that the
+next kernel can start prefetching its own weights while this one streams. The peeled first step
+does the same products in the same order as the loop, so results are bit-identical with PDL on or
+off. Contract: weight, bias and norm_weight are parameters, not written by any kernel that may still
+be running when this one is launched (they are written at load time; a weight that a kernel just
+wrote needs a synchronize, or ATOM_PDL=0, before this kernel reads it).
+
 Under the CPU interpreter bf16 operands are kept as fp32 holding bf16 values and rounding is done
 by hand (attention_tile.dot_settings explains why); the kernel then computes what a GPU computes.
 """
@@ -56,6 +67,7 @@ import triton.language as tl
 from atom.kernels.reference.gemv import check_gemv_args, compose_gemv
 from atom.kernels.registry import pick, register
 from atom.kernels.triton.attention_tile import dot_settings, round_to_bf16_in_fp32, to_output_dtype
+from atom.kernels.triton.pdl import launch_options, pdl_enabled
 
 MAX_M = 32  # rows per call; batches above this are GEMMs, not GEMVs
 # Weights of at most this many elements are "small": for them the fused kernel beats the unfused
@@ -126,10 +138,27 @@ def _round(v, dtype: tl.constexpr, CPU_BF16: tl.constexpr):
 
 
 @triton.jit
+def _param_tiles(w_rows, norm_w_ptr, kk, K, HAS_NORM: tl.constexpr, EVEN_K: tl.constexpr):
+    """The parameter tiles of one K step: W[rows, kk] ([BLOCK_N, BLOCK_K], W's dtype) and, with
+    the norm, w_norm[kk] ([BLOCK_K] fp32; else a 0-d placeholder). Columns past K read 0."""
+    if EVEN_K:
+        w = tl.load(w_rows[:, None] + kk[None, :])
+    else:
+        w = tl.load(w_rows[:, None] + kk[None, :], mask=(kk < K)[None, :], other=0.0)
+    nw = 0.0
+    if HAS_NORM:
+        if EVEN_K:
+            nw = tl.load(norm_w_ptr + kk).to(tl.float32)
+        else:
+            nw = tl.load(norm_w_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    return w, nw
+
+
+@triton.jit
 def _left_operand(
     x_rows,  # [M_PAD] pointers to the x rows
     row_ok,  # [M_PAD]
-    norm_w_ptr,
+    nw,  # [BLOCK_K] fp32 norm weight (HAS_NORM)
     rstd,  # [M_PAD] fp32 (HAS_NORM)
     kk,  # [BLOCK_K] column indices
     K,
@@ -148,11 +177,7 @@ def _left_operand(
     a = tl.load(ptrs, mask=mask, other=0.0)
     dtype = a.dtype
     if HAS_NORM:
-        if EVEN_K:
-            nw = tl.load(norm_w_ptr + kk)
-        else:
-            nw = tl.load(norm_w_ptr + kk, mask=kk < K, other=0.0)
-        a = _round(a.to(tl.float32) * rstd[:, None] * nw.to(tl.float32)[None, :], dtype, CPU_BF16)
+        a = _round(a.to(tl.float32) * rstd[:, None] * nw[None, :], dtype, CPU_BF16)
     elif GATED:
         gate = a.to(tl.float32)
         up = tl.load(ptrs + K, mask=mask, other=0.0).to(tl.float32)
@@ -160,6 +185,35 @@ def _left_operand(
     elif CPU_BF16:
         a = a.to(tl.float32)
     return a
+
+
+@triton.jit
+def _gemv_step(
+    acc,  # [M_PAD, BLOCK_N] fp32, or its transpose [BLOCK_N, M_PAD] (USE_DOT)
+    w,  # [BLOCK_N, BLOCK_K] weight tile
+    nw,  # [BLOCK_K] fp32 norm weight tile (HAS_NORM)
+    x_rows,
+    row_ok,
+    rstd,
+    kk,
+    K,
+    HAS_NORM: tl.constexpr,
+    GATED: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):
+    """acc + a[:, kk] @ w^T for one K step (a = the left operand, _left_operand)."""
+    a = _left_operand(x_rows, row_ok, nw, rstd, kk, K, HAS_NORM, GATED, EVEN_K, CPU_BF16)
+    if USE_DOT:
+        if CPU_BF16:
+            w = w.to(tl.float32)
+        acc = tl.dot(w, tl.trans(a), acc, input_precision=DOT_PRECISION)
+    else:
+        prod = a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+        acc += tl.sum(prod, 2)
+    return acc
 
 
 @triton.jit(do_not_specialize=["eps"])
@@ -189,14 +243,25 @@ def _gemv_kernel(
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no column masks in the main loop
     DOT_PRECISION: tl.constexpr,
     CPU_BF16: tl.constexpr,
+    USE_PDL: tl.constexpr = False,  # programmatic dependent launch (module docstring)
 ):
     pid = tl.program_id(0)
     rows = tl.arange(0, M_PAD)
     row_ok = rows < M
     x_rows = x_ptr + rows.to(tl.int64) * stride_xm
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64) * K
     offs_k = tl.arange(0, BLOCK_K)
+
+    # Parameters only until the wait (PDL): they overlap the previous kernel's tail.
+    w_first, nw_first = _param_tiles(w_rows, norm_w_ptr, offs_k, K, HAS_NORM, EVEN_K)
+    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # x and the residual may be the previous kernel's output
+        tl.extra.cuda.gdc_launch_dependents()
 
     rstd = tl.zeros([M_PAD], dtype=tl.float32)
     if HAS_NORM:  # sum of squares of each whole x row first (x is tiny and cached)
@@ -210,31 +275,27 @@ def _gemv_kernel(
         rstd = tl.rsqrt(sumsq / K + eps)
 
     if USE_DOT:
-        acc_t = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)  # out^T: weight rows on the MMA's M
+        acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)  # out^T: weight rows on the MMA's M
     else:
         acc = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    # Step 0 with the prefetched tiles, then the rest: the same products in the same order as one
+    # loop, so the result does not depend on USE_PDL.
+    acc = _gemv_step(
+        acc, w_first, nw_first, x_rows, row_ok, rstd, offs_k, K,
+        HAS_NORM, GATED, USE_DOT, EVEN_K, DOT_PRECISION, CPU_BF16,
+    )  # fmt: skip
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         kk = k0 + offs_k
-        if EVEN_K:
-            w = tl.load(w_rows[:, None] + kk[None, :])
-        else:
-            w = tl.load(w_rows[:, None] + kk[None, :], mask=(kk < K)[None, :], other=0.0)
-        a = _left_operand(
-            x_rows, row_ok, norm_w_ptr, rstd, kk, K, HAS_NORM, GATED, EVEN_K, CPU_BF16
-        )
-        if USE_DOT:
-            if CPU_BF16:
-                w = w.to(tl.float32)
-            acc_t = tl.dot(w, tl.trans(a), acc_t, input_precision=DOT_PRECISION)
-        else:
-            prod = a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-            acc += tl.sum(prod, 2)
+        w, nw = _param_tiles(w_rows, norm_w_ptr, kk, K, HAS_NORM, EVEN_K)
+        acc = _gemv_step(
+            acc, w, nw, x_rows, row_ok, rstd, kk, K,
+            HAS_NORM, GATED, USE_DOT, EVEN_K, DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
     if USE_DOT:
-        acc = tl.trans(acc_t)
+        acc = tl.trans(acc)
 
-    n_ok = offs_n < N
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        acc += bias[None, :]
     tile_mask = row_ok[:, None] & n_ok[None, :]
     rows64 = rows.to(tl.int64)
     if HAS_RESIDUAL:  # read before the store below: out may be this same tile
@@ -312,6 +373,7 @@ def fused_gemv(
         raise ValueError(f"{config}: the dot path needs block_n and block_k >= 16")
     m_pad = rows_padded(m, config.use_dot)
     dot_precision, cpu_bf16 = dot_settings(x)
+    pdl = pdl_enabled(x.device)
     dummy = weight  # never read when the matching flag is off
     _gemv_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight,
@@ -326,8 +388,8 @@ def fused_gemv(
         SUMSQ_BLOCK=min(_pow2(k), max(config.block_k, 8192 // m_pad)),
         HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, GATED=act is not None,
         HAS_RESIDUAL=residual is not None, USE_DOT=config.use_dot, EVEN_K=k % config.block_k == 0,
-        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl,
+        num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(pdl),
     )  # fmt: skip
     return out
 
