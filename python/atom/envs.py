@@ -11,8 +11,9 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 | SAVE_TO_PYTORCH_BENCHMARK_FORMAT | benchmark_serving also writes PyTorch-benchmark records   |
 | ATOM_SMALL_BATCH_TOKENS    | GPU steps of at most this many tokens run the fused small-batch |
 |                            | decoder layers (atom/layers/small_batch.py); 0 turns them off    |
-| ATOM_PDL=0                 | Triton kernels launch without programmatic dependent launch      |
-|                            | (atom/kernels/triton/pdl.py; on by default on sm90+ CUDA)        |
+| ATOM_PDL=0                 | Triton and native kernels launch without programmatic dependent  |
+|                            | launch (atom/kernels/triton/pdl.py, csrc/gpu/pdl.cuh; on by      |
+|                            | default on sm90+ CUDA; the native side reads it once per process)|
 """
 
 from __future__ import annotations
@@ -61,5 +62,6 @@ def small_batch_tokens(default: int) -> int:
 
 
 def pdl() -> bool:
-    """Programmatic dependent launch for Triton kernels (default on; ``ATOM_PDL=0`` turns it off)."""
+    """Programmatic dependent launch for Triton and native kernels (default on; ``ATOM_PDL=0``
+    turns it off; csrc/gpu/pdl.cuh parses the variable the same way)."""
     return os.environ.get("ATOM_PDL", "1").strip().lower() in _TRUE
