@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from atom import LLMEngine, SamplingParams  # noqa: E402
-from atom.engine.testing import write_test_tokenizer  # noqa: E402
 from bench_common import EngineStepTimers, result_paths, write_json  # noqa: E402
+from bench_decode import write_vocab_tokenizer  # noqa: E402
 
 QWEN3_30B_A3B = {
     "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
@@ -59,10 +59,9 @@ TINY = {"hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,
 
 
 def write_config(folder: Path, config: dict) -> Path:
-    """config.json and a test tokenizer: all that --load_dummy needs."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """config.json and a tokenizer covering the vocabulary: all that --load_dummy needs."""
+    write_vocab_tokenizer(folder, config["vocab_size"])
     (folder / "config.json").write_text(json.dumps(config, indent=1))
-    write_test_tokenizer(folder)
     return folder
 
 
