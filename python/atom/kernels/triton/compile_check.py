@@ -122,12 +122,13 @@ def _signature(fn, v: Variant, constexprs: dict, target: GPUTarget) -> tuple[dic
     return signature, attrs
 
 
-def _kernel_and_constexprs(v: Variant):
+def _kernel_and_constexprs(v: Variant, target: GPUTarget):
     from atom.kernels.triton.attention_decode import _decode_combine_kernel, _decode_split_kernel
     from atom.kernels.triton.attention_unified import _unified_attention_kernel
 
     d_pad = max(16, triton.next_power_of_2(v.head_dim))
     common = dict(HEAD_DIM=v.head_dim, D_PAD=d_pad, HAS_SINKS=v.sinks, HAS_V_SCALE=v.scales)
+    pdl = dict(USE_PDL=target.backend == "cuda")  # the decode kernels launch with PDL on sm90
     precision = dict(DOT_PRECISION="ieee" if v.dtype == "fp32" else "tf32", CPU_BF16=False)
     attention = dict(common, **precision, GROUP=v.group, BLOCK_N=v.block_n, BLOCK_SIZE=16,
                      USE_WINDOW=v.window, HAS_K_SCALE=v.scales)  # fmt: skip
@@ -137,10 +138,12 @@ def _kernel_and_constexprs(v: Variant):
         )
     if v.kernel == "decode":
         group_pad = max(16, triton.next_power_of_2(v.group))
-        return _decode_split_kernel, dict(attention, GROUP_PAD=group_pad, NUM_SPLITS=v.num_splits)
+        return _decode_split_kernel, dict(
+            attention, **pdl, GROUP_PAD=group_pad, NUM_SPLITS=v.num_splits
+        )
     splits_pad = triton.next_power_of_2(v.num_splits)
     return _decode_combine_kernel, dict(
-        common, NUM_SPLITS=v.num_splits, SPLITS_PAD=splits_pad, CPU_BF16=False
+        common, **pdl, NUM_SPLITS=v.num_splits, SPLITS_PAD=splits_pad, CPU_BF16=False
     )
 
 
@@ -164,7 +167,7 @@ def _resource_usage(cubin: bytes) -> dict:
 
 
 def compile_variant(v: Variant, target: GPUTarget = TARGETS["sm90"]) -> dict:
-    fn, constexprs = _kernel_and_constexprs(v)
+    fn, constexprs = _kernel_and_constexprs(v, target)
     signature, attrs = _signature(fn, v, constexprs, target)
     backend = triton.compiler.make_backend(target)
     options = backend.parse_options(dict(num_warps=v.num_warps, num_stages=v.num_stages))
