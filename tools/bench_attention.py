@@ -9,12 +9,15 @@
 2. prefill: 4096 new tokens, causal, Hq 32, Hkv 8, head dim 128, bf16, read from the paged cache,
    in TFLOP/s (2 * T^2 * D * Hq for the causal half) against torch.nn.functional.
    scaled_dot_product_attention on the same K/V as dense tensors (the faster of: K/V expanded to
-   Hq heads, enable_gqa). Target >= 0.8x. Sweeps PREFILL_CANDIDATES; also a chunked-prefill row
-   (1024 new tokens after 3072 cached).
+   Hq heads, enable_gqa). Target >= 0.8x. Sweeps PREFILL_CANDIDATES twice: "paged" reads every
+   key through the block table, "contiguous" reads the new tokens' K/V from k_new/v_new (strided
+   views of one qkv-like buffer, as the attention layer passes them); also a chunked-prefill row
+   (1024 new tokens after 3072 cached) for both reads, at the default configs.
 Each timed kernel's output is checked against the reference (decode) or SDPA (prefill).
 Prints a table (which config wins); writes JSON to benchmarks/results/ and to $OUT when set.
 
     python tools/bench_attention.py          # on a GPU: about 1-2 minutes, compiles included
+    python tools/bench_attention.py --only prefill   # the prefill rows only
     TRITON_INTERPRET=1 python tools/bench_attention.py --smoke   # tiny shapes: a script check
 """
 
@@ -61,8 +64,11 @@ DECODE_FP8_CANDIDATES = [
 PREFILL_CANDIDATES = [
     UnifiedConfig(128, 128, 8, 3), UnifiedConfig(128, 128, 8, 4), UnifiedConfig(128, 128, 8, 2),
     UnifiedConfig(128, 64, 8, 3), UnifiedConfig(128, 64, 8, 2), UnifiedConfig(64, 64, 4, 3),
-    UnifiedConfig(128, 32, 8, 4),
+    UnifiedConfig(128, 32, 8, 4), UnifiedConfig(128, 64, 8, 4), UnifiedConfig(64, 64, 4, 4),
 ]  # fmt: skip
+# The contiguous read at m128 n128 w8 s4 needs 288 KiB of shared memory (fails to launch, reported
+# as failed); with a cached prefix, its 128-key steps spill 128 B (compile_check).
+PREFILL_READS = ("paged", "contiguous")
 FULL = dict(batch=64, context=4096, prefill=4096, heads=32, kv_heads=8, head_dim=128, block=16)
 SMOKE = dict(batch=3, context=40, prefill=48, heads=4, kv_heads=2, head_dim=32, block=16)
 
@@ -146,6 +152,17 @@ def bench_decode(
     }  # fmt: skip
 
 
+def new_kv_views(b, heads: int):
+    """This step's K/V as the attention layer hands them over: [T, Hkv, D] strided views of a
+    [T, Hq + 2 Hkv, D] qkv buffer, filled from the cache's new slots."""
+    num_tokens, (_, _, hkv, d) = b.q.shape[0], b.key_cache.shape
+    qkv = torch.zeros(num_tokens, heads + 2 * hkv, d, dtype=b.q.dtype, device=b.q.device)
+    slots = b.meta.slot_mapping[:num_tokens]
+    qkv[:, heads : heads + hkv] = b.key_cache.view(-1, hkv, d)[slots]
+    qkv[:, heads + hkv :] = b.value_cache.view(-1, hkv, d)[slots]
+    return qkv[:, heads : heads + hkv], qkv[:, heads + hkv :]
+
+
 def bench_prefill(shape, device, new_tokens, prefix, sweep=True) -> dict:
     h, hkv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
     total = new_tokens + prefix
@@ -176,55 +193,49 @@ def bench_prefill(shape, device, new_tokens, prefix, sweep=True) -> dict:
         if r:
             sdpa_ms[name] = r[0]
     sdpa_best = min(sdpa_ms, key=sdpa_ms.get)
+    k_new, v_new = new_kv_views(b, h)
 
-    def call(cfg):
+    def call(cfg, read):
+        new_kv = dict(k_new=k_new, v_new=v_new) if read == "contiguous" else {}
         return lambda: paged_attention(b.q, b.key_cache, b.value_cache, b.meta, scale,
-                                       unified_config=cfg)  # fmt: skip
+                                       unified_config=cfg, **new_kv)  # fmt: skip
 
     def check(out):
         return (out.float() - expected).abs().max().item()
 
     d_pad = max(16, 1 << (d - 1).bit_length())
-    default_cfg = default_unified_config(new_tokens, h // hkv, d_pad, torch.bfloat16)
-    default = prefill_name(default_cfg)
-    runs = {}
-    for cfg in PREFILL_CANDIDATES if sweep else [default_cfg]:
-        r = run_timed(prefill_name(cfg), call(cfg), check, device)
-        if r:
-            runs[prefill_name(cfg)] = r
-    if not runs:
-        sys.exit("every prefill config failed")
     flops = 4 * new_tokens * (prefix + (new_tokens + 1) / 2) * d * h  # visible (q, k) pairs
-    best = min(runs, key=lambda k: runs[k][0])
-    default_ms = runs[default][0] if default in runs else float("nan")
-    return {
+    result = {
         "new_tokens": new_tokens, "prefix": prefix, "heads": h, "kv_heads": hkv, "head_dim": d,
         "sdpa_ms": sdpa_ms, "sdpa_variant": sdpa_best,
         "sdpa_tflops": flops / (sdpa_ms[sdpa_best] * 1e-3) / 1e12,
-        "best": best, "best_ms": runs[best][0],
-        "best_tflops": flops / (runs[best][0] * 1e-3) / 1e12,
-        "ratio_vs_sdpa": sdpa_ms[sdpa_best] / runs[best][0],
-        "default": default, "default_ratio_vs_sdpa": sdpa_ms[sdpa_best] / default_ms,
-        "per_config": {k: {"ms": ms, "tflops": flops / (ms * 1e-3) / 1e12, "max_abs_err": e}
-                       for k, (ms, e) in runs.items()},
     }  # fmt: skip
+    for read in PREFILL_READS:
+        two_sources = read == "contiguous" and prefix > 0
+        default_cfg = default_unified_config(new_tokens, h // hkv, d_pad, torch.bfloat16,
+                                             two_sources=two_sources)  # fmt: skip
+        default = prefill_name(default_cfg)
+        runs = {}
+        for cfg in PREFILL_CANDIDATES if sweep else [default_cfg]:
+            r = run_timed(f"{read} {prefill_name(cfg)}", call(cfg, read), check, device)
+            if r:
+                runs[prefill_name(cfg)] = r
+        if not runs:
+            sys.exit(f"every prefill config failed ({read} read)")
+        best = min(runs, key=lambda k: runs[k][0])
+        default_ms = runs[default][0] if default in runs else float("nan")
+        result[read] = {
+            "best": best, "best_ms": runs[best][0],
+            "best_tflops": flops / (runs[best][0] * 1e-3) / 1e12,
+            "ratio_vs_sdpa": sdpa_ms[sdpa_best] / runs[best][0],
+            "default": default, "default_ratio_vs_sdpa": sdpa_ms[sdpa_best] / default_ms,
+            "per_config": {k: {"ms": ms, "tflops": flops / (ms * 1e-3) / 1e12, "max_abs_err": e}
+                           for k, (ms, e) in runs.items()},
+        }  # fmt: skip
+    return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU interpreter check)")
-    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (not in --smoke)")
-    args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not args.smoke:
-        sys.exit("no GPU: run with --smoke under TRITON_INTERPRET=1 to check the script")
-    shape = SMOKE if args.smoke else FULL
-    sweep = not args.smoke
-    device_name = bench_common.device_name(device, cpu_name="cpu (interpreter)")
-    copy_bw = copy_bandwidth_gbps(device, (1 << 30) if device == "cuda" else (1 << 22))
-    print(f"{device_name}: {_num_sms(torch.device(device))} SMs, copy bandwidth {copy_bw:.0f} GB/s")
-
-    fp8 = torch.float8_e4m3fnuz if getattr(torch.version, "hip", None) else torch.float8_e4m3fn
+def run_decode(shape, device, copy_bw, fp8, sweep) -> dict:
     decode = bench_decode(
         shape, device, copy_bw, sweep=sweep, split_sweep=(1, 2, 4, 8) if sweep else ()
     )
@@ -235,10 +246,6 @@ def main() -> None:
                                   split_sweep=splits if sweep else ())
                      for n, splits in ([(1, (8, 16, 32, 64)), (8, (4, 8, 16)), (256, ())]
                                        if sweep else [(1, ())])]  # fmt: skip
-    prefill = bench_prefill(shape, device, shape["prefill"], 0, sweep=sweep)
-    chunked = bench_prefill(shape, device, shape["prefill"] // 4, 3 * shape["prefill"] // 4,
-                            sweep=False)  # fmt: skip
-
     print(
         "\ndecode (CUDA-graph replays; GB/s of the KV read; copy bandwidth", f"{copy_bw:.0f} GB/s)"
     )
@@ -252,20 +259,57 @@ def main() -> None:
         print(f"batch {row['batch']:>3} ctx {row['context']} {row['cache_dtype']:<20} default "
               f"{row['default']}: {row['default_fraction_of_copy']:.0%} of copy; best "
               f"{row['best']}: {row['best_GBps']:.0f} GB/s = {row['fraction_of_copy']:.0%}")  # fmt: skip
-    print("\nprefill (TFLOP/s over visible pairs)")
-    print(f"{'config':<16} {'ms':>8} {'TFLOP/s':>8} {'x SDPA':>7} {'max err':>9}")
-    for name, r in prefill["per_config"].items():
-        print(f"{name:<16} {r['ms']:>8.3f} {r['tflops']:>8.1f} "
-              f"{prefill['sdpa_ms'][prefill['sdpa_variant']] / r['ms']:>7.2f} {r['max_abs_err']:>9.2g}")  # fmt: skip
-    for row in [prefill, chunked]:
-        print(f"{row['new_tokens']} new + {row['prefix']} cached: SDPA ({row['sdpa_variant']}) "
-              f"{row['sdpa_tflops']:.0f} TFLOP/s, triton {row['best']} {row['best_tflops']:.0f} "
-              f"TFLOP/s = {row['ratio_vs_sdpa']:.2f}x SDPA")  # fmt: skip
-    print(f"\nWINNERS: decode {decode['best']} ({decode['fraction_of_copy']:.0%} of copy; target "
+    print(f"WINNERS: decode {decode['best']} ({decode['fraction_of_copy']:.0%} of copy; target "
           f">= 80%; default {decode['default_fraction_of_copy']:.0%}), fp8 decode "
-          f"{decode_fp8['best']} ({decode_fp8['fraction_of_copy']:.0%}), prefill {prefill['best']} "
-          f"({prefill['ratio_vs_sdpa']:.2f}x SDPA; target >= 0.8x; default {prefill['default']} "
-          f"{prefill['default_ratio_vs_sdpa']:.2f}x)")  # fmt: skip
+          f"{decode_fp8['best']} ({decode_fp8['fraction_of_copy']:.0%})")  # fmt: skip
+    return {"decode": decode, "decode_fp8": decode_fp8, "decode_other_batches": other_batches}
+
+
+def run_prefill(shape, device, sweep) -> dict:
+    prefill = bench_prefill(shape, device, shape["prefill"], 0, sweep=sweep)
+    chunked = bench_prefill(shape, device, shape["prefill"] // 4, 3 * shape["prefill"] // 4,
+                            sweep=False)  # fmt: skip
+    sdpa_ms = prefill["sdpa_ms"][prefill["sdpa_variant"]]
+    print("\nprefill (TFLOP/s over visible pairs)")
+    print(f"{'read':<11} {'config':<16} {'ms':>8} {'TFLOP/s':>8} {'x SDPA':>7} {'max err':>9}")
+    for read in PREFILL_READS:
+        for name, r in prefill[read]["per_config"].items():
+            print(f"{read:<11} {name:<16} {r['ms']:>8.3f} {r['tflops']:>8.1f} "
+                  f"{sdpa_ms / r['ms']:>7.2f} {r['max_abs_err']:>9.2g}")  # fmt: skip
+    for row in [prefill, chunked]:
+        for read in PREFILL_READS:
+            r = row[read]
+            print(f"{row['new_tokens']} new + {row['prefix']} cached, {read} read: SDPA "
+                  f"({row['sdpa_variant']}) {row['sdpa_tflops']:.0f} TFLOP/s, triton {r['best']} "
+                  f"{r['best_tflops']:.0f} TFLOP/s = {r['ratio_vs_sdpa']:.2f}x SDPA")  # fmt: skip
+    for read in PREFILL_READS:
+        r = prefill[read]
+        print(f"WINNERS: prefill, {read} read: {r['best']} ({r['ratio_vs_sdpa']:.2f}x SDPA; target "
+              f">= 0.8x; default {r['default']} {r['default_ratio_vs_sdpa']:.2f}x)")  # fmt: skip
+    return {"prefill": prefill, "chunked_prefill": chunked}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU interpreter check)")
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (not in --smoke)")
+    ap.add_argument("--only", choices=("decode", "prefill"), help="run one section")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.smoke:
+        sys.exit("no GPU: run with --smoke under TRITON_INTERPRET=1 to check the script")
+    shape = SMOKE if args.smoke else FULL
+    sweep = not args.smoke
+    device_name = bench_common.device_name(device, cpu_name="cpu (interpreter)")
+    copy_bw = copy_bandwidth_gbps(device, (1 << 30) if device == "cuda" else (1 << 22))
+    print(f"{device_name}: {_num_sms(torch.device(device))} SMs, copy bandwidth {copy_bw:.0f} GB/s")
+
+    fp8 = torch.float8_e4m3fnuz if getattr(torch.version, "hip", None) else torch.float8_e4m3fn
+    result = {}
+    if args.only != "prefill":
+        result.update(run_decode(shape, device, copy_bw, fp8, sweep))
+    if args.only != "decode":
+        result.update(run_prefill(shape, device, sweep))
 
     now = datetime.datetime.now(datetime.timezone.utc)
     result = {
@@ -274,11 +318,7 @@ def main() -> None:
         "shape": shape,
         "decode_candidates": [asdict(c) for c in DECODE_CANDIDATES],
         "prefill_candidates": [asdict(c) for c in PREFILL_CANDIDATES],
-        "decode": decode,
-        "decode_fp8": decode_fp8,
-        "decode_other_batches": other_batches,
-        "prefill": prefill,
-        "chunked_prefill": chunked,
+        **result,
     }
     name = f"attention_{file_slug(device_name)}_{now.strftime('%Y%m%dT%H%M%S')}.json"
     out_dir = args.out_dir or (None if args.smoke else "benchmarks/results")

@@ -194,6 +194,131 @@ def test_registered_for_cuda_only():
     assert registry.get("paged_attention", "triton") is paged_attention
 
 
+def new_kv(batch, unread_seqs=0):
+    """(k_new, v_new): this step's K/V as the cache holds them, as strided views of one
+    [T, 2, Hkv, D] buffer (like k, v of a fused qkv output). Rows no kernel may take from them
+    hold NaN: padding tokens, and the new tokens of the first unread_seqs sequences (leading
+    decodes: the decode kernel reads the cache)."""
+    m, (_, _, hkv, d) = batch.meta, batch.key_cache.shape
+    buf = torch.full((batch.q.shape[0], 2, hkv, d), float("nan"), dtype=batch.q.dtype,
+                     device=batch.q.device)  # fmt: skip
+    slots = m.slot_mapping.clone()
+    slots[: m.cu_seqlens_q[unread_seqs]] = -1
+    rows = slots >= 0
+    for i, cache in enumerate((batch.key_cache, batch.value_cache)):
+        buf[rows, i] = cache.view(-1, hkv, d)[slots[rows]].to(batch.q.dtype)
+    return buf[:, 0], buf[:, 1], slots
+
+
+NEW_KV_CASES = [  # query_lens, seq_lens, (Hq, Hkv), head_dim, dtype, window, sinks, config
+    ([83], [83], (8, 2), 64, torch.float16, None, False, (16, 16, 4, 2)),  # prefill, no prefix
+    ([83], [83], (8, 1), 64, torch.bfloat16, None, False, (64, 32, 4, 3)),  # MQA (group 8)
+    ([13, 7], [83, 40], (4, 4), 80, torch.float16, None, False, (16, 16, 4, 2)),  # c in a tile
+    ([17, 16], [81, 48], (8, 2), 128, torch.bfloat16, None, False, (16, 16, 4, 2)),  # c on edges
+    ([1, 1, 1, 9, 1, 0, 20], [40, 5, 17, 30, 8, 3, 20], (8, 2), 64, torch.float16, None, False,
+     (16, 16, 4, 2)),  # leading decodes, then a chunk, a decode, an idle slot, a prefill
+    ([30, 13], [90, 83], (8, 2), 64, torch.float32, 20, False, (16, 16, 4, 2)),  # prefix slid out
+    ([1, 7, 13, 30], [1, 17, 83, 30], (8, 2), 64, torch.bfloat16, 5, True, (16, 16, 4, 2)),
+    ([13, 7], [83, 40], (8, 2), 64, torch.float16, 37, True, None),  # default config
+    ([40], [40], (8, 2), 64, torch.float16, None, False, None),  # default, no cache read
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("query_lens, seq_lens, heads, head_dim, dtype, window, use_sinks, cfg",
+                         NEW_KV_CASES)  # fmt: skip
+def test_new_kv_read_contiguously(query_lens, seq_lens, heads, head_dim, dtype, window, use_sinks,
+                                  cfg):  # fmt: skip
+    """k_new/v_new given: matches the reference, and the cache rows of the new tokens are never
+    read (NaN there changes nothing) nor are the k_new rows of padding and leading decodes."""
+    batch = make_paged_batch(query_lens, seq_lens, *heads, head_dim, 16, dtype,
+                             num_padding_tokens=2, device=DEVICE)  # fmt: skip
+    leading = next(i for i, q_len in enumerate(query_lens) if q_len != 1)
+    k_new, v_new, new_slots = new_kv(batch, unread_seqs=leading)
+    sinks = torch.linspace(-2, 2, heads[0], device=DEVICE) if use_sinks else None
+    kwargs = dict(window=window, sinks=sinks, scale=head_dim**-0.5, k_new=k_new, v_new=v_new,
+                  unified_config=cfg and UnifiedConfig(*cfg))  # fmt: skip
+    clean = check_against_reference(batch, dtype, **kwargs)
+    rows = new_slots[new_slots >= 0]
+    batch.key_cache.view(-1, *batch.key_cache.shape[2:])[rows] = float("nan")
+    batch.value_cache.view(-1, *batch.value_cache.shape[2:])[rows] = float("nan")
+    poisoned = paged_attention(batch.q, batch.key_cache, batch.value_cache, batch.meta,
+                               head_dim**-0.5, window, sinks, k_new=k_new, v_new=v_new,
+                               unified_config=kwargs["unified_config"])  # fmt: skip
+    n = batch.num_real_tokens
+    torch.testing.assert_close(poisoned[:n], clean[:n], rtol=0, atol=0)
+
+
+def test_new_kv_without_host_copies():
+    """No host copies of the lengths: the kernel cannot skip the cache, the result is the same."""
+    batch = make_paged_batch([40, 9], [40, 30], 8, 2, 64, 16, torch.float16, device=DEVICE)
+    k_new, v_new, _ = new_kv(batch)
+    batch.meta.query_lens_cpu = batch.meta.seq_lens_cpu = None
+    check_against_reference(batch, torch.float16, k_new=k_new, v_new=v_new,
+                            unified_config=UnifiedConfig(16, 16, 4, 2))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "lens, cache_dtype",
+    [(MIXED, torch.float8_e4m3fn), (([1, 1, 1], [5, 40, 83]), None)],  # fp8 cache; decode-only
+)
+def test_new_kv_ignored(lens, cache_dtype):
+    """An fp8 cache holds rounded values and decode-only batches take the decode kernel: k_new
+    is not read (all NaN here), the output is bitwise the one without it."""
+    batch = make_paged_batch(*lens, 8, 2, 64, 16, torch.bfloat16, cache_dtype=cache_dtype,
+                             device=DEVICE)  # fmt: skip
+    scales = dict(k_scale=batch.k_scale, v_scale=batch.v_scale)
+    args = (batch.q, batch.key_cache, batch.value_cache, batch.meta, 0.3)
+    k_new = torch.full((batch.q.shape[0], 2, 64), float("nan"), dtype=batch.q.dtype, device=DEVICE)
+    without = paged_attention(*args, **scales)
+    with_new = paged_attention(*args, **scales, k_new=k_new, v_new=k_new)
+    torch.testing.assert_close(with_new, without, rtol=0, atol=0, equal_nan=True)
+
+
+def test_new_kv_input_checks():
+    batch = make_paged_batch([1, 3], [4, 9], 4, 2, 64, 16, torch.float16, device=DEVICE)
+    args = (batch.q, batch.key_cache, batch.value_cache, batch.meta, 0.3)
+    k_new, v_new, _ = new_kv(batch)
+    with pytest.raises(ValueError, match="together"):
+        paged_attention(*args, k_new=k_new)
+    with pytest.raises(ValueError, match="k_new"):
+        paged_attention(*args, k_new=k_new[:-1], v_new=v_new[:-1])
+    with pytest.raises(ValueError, match="v_new"):
+        paged_attention(*args, k_new=k_new, v_new=v_new.float())
+    with pytest.raises(ValueError, match="v_new"):
+        paged_attention(*args, k_new=k_new, v_new=v_new.reshape(-1, 64, 2).transpose(1, 2))
+    with pytest.raises(ValueError, match="k_new"):
+        paged_attention(*args, k_new=k_new[:, 0], v_new=v_new[:, 0])
+    with pytest.raises(ValueError, match="k_new"):
+        paged_attention(*args, k_new=k_new.transpose(1, 2).contiguous().transpose(1, 2),
+                        v_new=v_new)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize(
+    "heads, head_dim, window, use_sinks",
+    [((32, 8), 128, None, False), ((64, 8), 64, 128, True), ((8, 8), 80, None, False),
+     ((8, 2), 256, None, False)],  # Llama-3-8B, GPT-OSS, MHA d80, d256
+)  # fmt: skip
+def test_gpu_new_kv(heads, head_dim, window, use_sinks):
+    """Realistic sizes on the GPU: decodes, a prompt, a chunk after a long prefix (its boundary
+    inside a tile); the new tokens' cache rows poisoned after the clean run."""
+    query_lens, seq_lens = [1] * 8 + [1500, 700], [300 + 97 * i for i in range(8)] + [1500, 2733]
+    batch = make_paged_batch(query_lens, seq_lens, *heads, head_dim, 16, torch.bfloat16,
+                             num_padding_tokens=5, device=DEVICE)  # fmt: skip
+    k_new, v_new, new_slots = new_kv(batch, unread_seqs=8)
+    sinks = torch.randn(heads[0], device=DEVICE) * 2 if use_sinks else None
+    kwargs = dict(window=window, sinks=sinks, scale=head_dim**-0.5)
+    clean = check_against_reference(batch, torch.bfloat16, k_new=k_new, v_new=v_new, **kwargs)
+    rows = new_slots[new_slots >= 0]
+    batch.key_cache.view(-1, *batch.key_cache.shape[2:])[rows] = float("nan")
+    batch.value_cache.view(-1, *batch.value_cache.shape[2:])[rows] = float("nan")
+    poisoned = paged_attention(batch.q, batch.key_cache, batch.value_cache, batch.meta,
+                               head_dim**-0.5, window, sinks, k_new=k_new, v_new=v_new)  # fmt: skip
+    n = batch.num_real_tokens
+    torch.testing.assert_close(poisoned[:n], clean[:n], rtol=0, atol=0)
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seqs=st.lists(
@@ -204,13 +329,16 @@ def test_registered_for_cuda_only():
     window=st.one_of(st.none(), st.integers(1, 40)),
     use_sinks=st.booleans(),
     dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    use_new_kv=st.booleans(),
 )
-def test_property_matches_reference(seqs, group, block_size, window, use_sinks, dtype):
+def test_property_matches_reference(seqs, group, block_size, window, use_sinks, dtype,
+                                    use_new_kv):  # fmt: skip
     query_lens = [q for q, _ in seqs]
     seq_lens = [q + c for q, c in seqs]
     num_kv_heads = 2
     batch = make_paged_batch(query_lens, seq_lens, num_kv_heads * group, num_kv_heads, 32,
                              block_size, dtype, num_padding_tokens=1, device=DEVICE)  # fmt: skip
     sinks = torch.linspace(-2, 2, num_kv_heads * group, device=DEVICE) if use_sinks else None
-    check_against_reference(batch, dtype, window=window, sinks=sinks,
+    k_new, v_new, _ = new_kv(batch) if use_new_kv else (None, None, None)
+    check_against_reference(batch, dtype, window=window, sinks=sinks, k_new=k_new, v_new=v_new,
                             unified_config=UnifiedConfig(max(16, 4 * group), 16, 4, 2))  # fmt: skip

@@ -11,7 +11,9 @@ Contract with the model runner:
 Per step: ``forward(q, k, v, positions, attn_metadata)`` (q: [T, Hq*D], k, v: [T, Hkv*D]) applies the
 optional per-head q/k RMSNorm and RoPE and writes this step's k, v into the cache in one fused op
 (atom.kernels.fused_qk_norm_rope_cache; a plain reshape_and_cache without RoPE), then attends over
-the cache (atom.kernels.paged_attention). Returns [T, Hq*D] in q's dtype.
+the cache (atom.kernels.paged_attention), handing it those k, v too (when the cache is in q's dtype
+it holds exactly them, and the GPU kernel reads the new tokens' K/V contiguously from them).
+Returns [T, Hq*D] in q's dtype.
 
 Flags: ``rotary_emb`` (RoPE applied here, fused with the cache write; a rotary_dim below head_dim
 turns only the first rotary_dim features, GLM's partial rotary), ``qk_norm`` (per-head RMSNorm
@@ -122,6 +124,9 @@ class Attention(nn.Module):
             kernels.reshape_and_cache(
                 k, v, self.k_cache, self.v_cache, slots, self.k_scale, self.v_scale
             )
+        # The cache now holds exactly k (normed, rotated: the fused op's result) and v, unless it
+        # is fp8 (rounded values): then the kernels must read the cache.
+        new_kv = self.k_cache.dtype == q.dtype
         out = kernels.paged_attention(
             q,
             self.k_cache,
@@ -132,6 +137,8 @@ class Attention(nn.Module):
             sinks=self.sinks,
             k_scale=self.k_scale,
             v_scale=self.v_scale,
+            k_new=k if new_kv else None,
+            v_new=v if new_kv else None,
         )
         return out.view(num_tokens, self.num_heads * self.head_dim)
 

@@ -35,6 +35,8 @@ def paged_attention(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    k_new: torch.Tensor | None = None,  # [num_tokens, Hkv, D]: this step's K/V as the cache holds
+    v_new: torch.Tensor | None = None,  # them; ignored (the cache has the same values)
 ) -> torch.Tensor:
     """Returns out: [num_tokens, Hq, D] in q's dtype (padding rows are left as they were)."""
     num_heads = q.shape[1]

@@ -16,6 +16,12 @@ j % BLOCK_SIZE. A tile of BLOCK_N keys is gathered token by token, so BLOCK_N an
 size are independent (each token's row of HEAD_DIM values is contiguous, so loads stay coalesced).
 Block ids are widened to int64 before multiplying by the block stride: a large cache has more than
 2^31 elements.
+
+Contiguous source (attend_contiguous_kv_tile): in a prefill the new tokens' keys/values are also
+the rows of the k/v tensors the layer has just written into the cache, key j at row j. Their tile
+addresses are affine in the tile start (one 64-bit scalar base per tile plus 32-bit in-tile
+offsets, no block-table load), so the loads do not wait on another load and Triton's software
+pipeliner can prefetch them. Both sources share the online-softmax step (_softmax_step).
 """
 
 from __future__ import annotations
@@ -86,8 +92,8 @@ def attend_kv_tile(
     CPU_BF16: tl.constexpr,  # bf16 under the CPU interpreter (see dot_settings)
 ):
     kv_pos = tile_start + tl.arange(0, BLOCK_N)
+    in_range = (kv_pos >= kv_lo) & (kv_pos < kv_hi)
     if RANGE_MASK:
-        in_range = (kv_pos >= kv_lo) & (kv_pos < kv_hi)
         block_ids = tl.load(block_table_ptr + kv_pos // BLOCK_SIZE, mask=in_range, other=0)
     else:
         block_ids = tl.load(block_table_ptr + kv_pos // BLOCK_SIZE)
@@ -95,9 +101,79 @@ def attend_kv_tile(
     in_block = kv_pos % BLOCK_SIZE
     k_offs = block_ids[:, None] * stride_k_block + in_block[:, None] * stride_k_tok
     v_offs = block_ids[:, None] * stride_v_block + in_block[:, None] * stride_v_tok
-    k_ptrs = k_head_ptr + k_offs + offs_d[None, :]
-    v_ptrs = v_head_ptr + v_offs + offs_d[None, :]
+    return _softmax_step(
+        acc, m_i, l_i, q, q_pos, kv_pos, in_range, k_head_ptr + k_offs + offs_d[None, :],
+        v_head_ptr + v_offs + offs_d[None, :], window, qk_scale, offs_d, HEAD_DIM, D_PAD,
+        RANGE_MASK, POS_MASK, USE_WINDOW, DOT_PRECISION, CPU_BF16,
+    )  # fmt: skip
 
+
+@triton.jit
+def attend_contiguous_kv_tile(
+    acc,
+    m_i,
+    l_i,
+    q,
+    q_pos,  # [M] int32 query positions, in the same coordinates as the key rows below
+    k_base_ptr,  # key j of this source is the row at k_base_ptr + j * stride_k_tok
+    v_base_ptr,
+    tile_start,
+    kv_lo,
+    kv_hi,
+    window,
+    qk_scale,
+    stride_k_tok,
+    stride_v_tok,
+    offs_d,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    RANGE_MASK: tl.constexpr,
+    POS_MASK: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):
+    """attend_kv_tile for keys stored as consecutive rows (the step's own k/v tensors): the same
+    arguments and result, without the block table. The tile's base address is one int64 scalar,
+    the offsets inside it (< BLOCK_N * stride) stay 32-bit."""
+    offs_n = tl.arange(0, BLOCK_N)
+    kv_pos = tile_start + offs_n
+    in_range = (kv_pos >= kv_lo) & (kv_pos < kv_hi)
+    k_ptrs = k_base_ptr + tl.cast(tile_start, tl.int64) * stride_k_tok
+    v_ptrs = v_base_ptr + tl.cast(tile_start, tl.int64) * stride_v_tok
+    return _softmax_step(
+        acc, m_i, l_i, q, q_pos, kv_pos, in_range,
+        k_ptrs + (offs_n[:, None] * stride_k_tok + offs_d[None, :]),
+        v_ptrs + (offs_n[:, None] * stride_v_tok + offs_d[None, :]),
+        window, qk_scale, offs_d, HEAD_DIM, D_PAD, RANGE_MASK, POS_MASK, USE_WINDOW,
+        DOT_PRECISION, CPU_BF16,
+    )  # fmt: skip
+
+
+@triton.jit
+def _softmax_step(
+    acc,
+    m_i,
+    l_i,
+    q,
+    q_pos,
+    kv_pos,  # [N] key positions of the tile
+    in_range,  # [N] kv_lo <= kv_pos < kv_hi (used under RANGE_MASK)
+    k_ptrs,  # [N, D_PAD] addresses of the tile's keys and values
+    v_ptrs,
+    window,
+    qk_scale,
+    offs_d,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    RANGE_MASK: tl.constexpr,
+    POS_MASK: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):
+    """Loads the K/V tile at k_ptrs/v_ptrs and folds it into (acc, m_i, l_i) (module docstring)."""
     # Masked-off lanes are never dereferenced, so unread slots may hold NaN or junk block ids.
     if RANGE_MASK:
         if D_PAD != HEAD_DIM:

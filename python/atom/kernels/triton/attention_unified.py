@@ -19,6 +19,18 @@ Per tile the keys [lo, p1] are visited in three phases so that only boundary til
     C  [diag, p1 + 1)    the causal diagonal                                masked
 with lo = max(0, p0 - W + 1), diag = floor((p0 + 1) / BLOCK_N) * BLOCK_N and a_end the first tile
 start >= p1 - W + 1 (clamped into [lo_tile, diag]). Keys outside [lo, p1] are never loaded.
+
+New keys read contiguously (k_new/v_new given: _unified_attention_new_kv_kernel): with
+c = context_before = seq_len - q_len, the keys split into two sources, each visited in the phases
+above (_attend_key_range):
+    prefix  [lo, c)       from the paged cache; every row is past them, so only the window and the
+                          end c mask (diag = floor(c / BLOCK_N) * BLOCK_N, one range-masked tile)
+    new     [max(lo, c), p1]  key j = row q_start + (j - c) of k_new/v_new, no block table; tiles
+                          are aligned to c (positions relative to c), so the query tiles, also
+                          aligned to c, see the diagonal exactly as in a prefill without prefix
+A prefill without prefix (c = 0) reads only the new source: the same tiles and masks as the
+paged kernel, with affine addresses. When the host knows that no sequence has a prefix
+(CACHED_PREFIX=False) the cache loops are left out: with them, 128-key steps spill on sm90.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import triton.language as tl
 
 from atom.kernels.triton.attention_tile import (
     NEG_BIG,
+    attend_contiguous_kv_tile,
     attend_kv_tile,
     dot_settings,
     to_output_dtype,
@@ -54,12 +67,14 @@ def default_unified_config(
     dtype: torch.dtype,
     fp8_cache: bool = False,
     window_or_sinks: bool = False,
+    two_sources: bool = False,
 ) -> UnifiedConfig:
     """Smaller row tiles for short queries (decode rows, spec-decode chunks) so fewer rows are
     padding; 128-row tiles (two warpgroups of wgmma on Hopper) for real prefill, with 128-key
     steps where they fit the registers (the best measured on the H100: 310 TFLOP/s vs 284 with 64
     keys, 4096 causal tokens, d128). Every default is spill-free on sm90 (compile_check). fp32
-    (a correctness path: no tensor-core dot) uses small tiles."""
+    (a correctness path: no tensor-core dot) uses small tiles. two_sources: the new-KV kernel
+    with a cached prefix (paged and contiguous loops in one kernel), where 128-key steps spill."""
     rows = max_seqlen_q * group
     if dtype == torch.float32:
         block_m = max(16 if rows <= 16 else 32, triton.next_power_of_2(group))
@@ -70,7 +85,7 @@ def default_unified_config(
     block_m = max(block_m, triton.next_power_of_2(group))
     if head_dim_pad >= 256:
         return UnifiedConfig(block_m, 32, 8 if block_m >= 128 else 4, 2)
-    wide = block_m >= 128 and not fp8_cache and not window_or_sinks
+    wide = block_m >= 128 and not (fp8_cache or window_or_sinks or two_sources)
     return UnifiedConfig(block_m, 128 if wide else 64, 8 if block_m >= 128 else 4, 3)
 
 
@@ -87,6 +102,218 @@ def _find_sequence(cu_seqlens_q_ptr, first_token, num_seqs, tile_id, BLOCK_Q: tl
         else:
             hi = mid
     return lo
+
+
+@triton.jit
+def _attend_key_range(
+    acc,
+    m_i,
+    l_i,
+    q,
+    q_pos,  # [M] positions of the tile's rows, in the source's coordinates
+    lo,  # keys [lo, hi) of the source are visited; none outside is loaded
+    hi,
+    diag,  # a multiple of BLOCK_N: every row sees (causally) the keys below it
+    p1,  # the tile's last row position
+    window,
+    qk_scale,
+    k_ptr,  # paged: the caches at this KV head; contiguous: the source's key 0
+    v_ptr,
+    bt_ptr,  # paged: the sequence's block-table row
+    stride_k_block,
+    stride_k_tok,
+    stride_v_block,
+    stride_v_tok,
+    offs_d,
+    CONTIGUOUS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):
+    """The A/B/C phases of the module docstring over one key source."""
+    lo_tile = (lo // BLOCK_N) * BLOCK_N
+    a_end = lo_tile
+    if USE_WINDOW:
+        all_rows_from = tl.cdiv(tl.maximum(p1 - window + 1, 0), BLOCK_N) * BLOCK_N
+        a_end = tl.minimum(tl.maximum(all_rows_from, lo_tile), diag)
+        for start in range(lo_tile, a_end, BLOCK_N):
+            acc, m_i, l_i = _attend_tile(
+                acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
+                stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, CONTIGUOUS,
+                BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, True, USE_WINDOW, DOT_PRECISION,
+                CPU_BF16,
+            )  # fmt: skip
+    for start in range(a_end, diag, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
+            stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, CONTIGUOUS,
+            BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, False, False, USE_WINDOW, DOT_PRECISION,
+            CPU_BF16,
+        )  # fmt: skip
+    for start in range(diag, hi, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
+            stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, CONTIGUOUS,
+            BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, True, USE_WINDOW, DOT_PRECISION,
+            CPU_BF16,
+        )  # fmt: skip
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attend_tile(
+    acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
+    stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d,
+    CONTIGUOUS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, RANGE_MASK: tl.constexpr,
+    POS_MASK: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):  # fmt: skip
+    if CONTIGUOUS:
+        return attend_contiguous_kv_tile(
+            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, start, lo, hi, window, qk_scale,
+            stride_k_tok, stride_v_tok, offs_d, BLOCK_N, HEAD_DIM, D_PAD, RANGE_MASK, POS_MASK,
+            USE_WINDOW, DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
+    else:
+        return attend_kv_tile(
+            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
+            stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, BLOCK_N,
+            BLOCK_SIZE, HEAD_DIM, D_PAD, RANGE_MASK, POS_MASK, USE_WINDOW, DOT_PRECISION,
+            CPU_BF16,
+        )  # fmt: skip
+
+
+@triton.jit
+def _unified_attention_program(
+    q_ptr,  # [T, Hq, D]
+    k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
+    v_cache_ptr,
+    out_ptr,  # [T, Hq, D]
+    block_tables_ptr,  # [num_seqs, max_blocks] int32
+    seq_lens_ptr,  # [num_seqs] int32
+    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
+    sinks_ptr,  # [Hq] or unused
+    k_scale_ptr,  # [1] fp32 or unused
+    v_scale_ptr,
+    softmax_scale,
+    window,
+    num_seqs,
+    stride_q_tok,
+    stride_q_head,
+    stride_o_tok,
+    stride_o_head,
+    stride_k_block,
+    stride_k_tok,
+    stride_k_head,
+    stride_v_block,
+    stride_v_tok,
+    stride_v_head,
+    stride_bt_seq,
+    k_new_ptr,  # [T, Hkv, D] this step's keys, rows aligned with q (USE_NEW_KV)
+    v_new_ptr,
+    stride_kn_tok,
+    stride_kn_head,
+    stride_vn_tok,
+    stride_vn_head,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    HAS_K_SCALE: tl.constexpr,
+    HAS_V_SCALE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+    USE_NEW_KV: tl.constexpr,  # read keys >= context_before from k_new/v_new
+    CACHE_KEYS: tl.constexpr,  # read keys from the cache (USE_NEW_KV: some sequence has a prefix)
+):
+    """One query tile of one KV head (module docstring). Entered through the two kernels below:
+    two entry points rather than a flag on one, so the paged kernel keeps its signature."""
+    # Highest tiles first: under the causal mask the last tiles of a sequence see the most keys,
+    # so launching them first leaves the light ones for the tail of the grid.
+    tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
+    kv_head = tl.program_id(1)
+    first_token = tl.load(cu_seqlens_q_ptr)
+    seq = _find_sequence(cu_seqlens_q_ptr, first_token, num_seqs, tile_id, BLOCK_Q)
+    q_start = tl.load(cu_seqlens_q_ptr + seq)
+    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    t0 = (tile_id - ((q_start - first_token) // BLOCK_Q + seq)) * BLOCK_Q  # first token in the tile
+    if t0 >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context_before = seq_len - q_len  # position of the sequence's first new token
+
+    rows = tl.arange(0, BLOCK_M)
+    tok = rows // GROUP
+    head = kv_head * GROUP + rows % GROUP
+    row_valid = (tok < BLOCK_Q) & (t0 + tok < q_len)
+    q_pos = context_before + t0 + tok
+    offs_d = tl.arange(0, D_PAD)
+    row_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q_rows = (q_start + t0 + tok).to(tl.int64)
+    q_ptrs = q_ptr + q_rows[:, None] * stride_q_tok + head[:, None] * stride_q_head
+    q = tl.load(q_ptrs + offs_d[None, :], mask=row_mask, other=0.0)
+
+    qk_scale = softmax_scale * LOG2E
+    if HAS_K_SCALE:
+        qk_scale = qk_scale * tl.load(k_scale_ptr).to(tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    if HAS_SINKS:
+        # The sink is a key with logit s_h and no value: start the running state at it.
+        m_i = tl.load(sinks_ptr + head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
+        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    else:
+        m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    p0 = context_before + t0
+    p1 = context_before + tl.minimum(t0 + BLOCK_Q, q_len) - 1
+    kv_lo = 0
+    if USE_WINDOW:
+        kv_lo = tl.maximum(p0 - window + 1, 0)
+    if CACHE_KEYS:
+        if USE_NEW_KV:  # the cache holds the prefix [kv_lo, context_before); all rows are past it
+            cache_hi = tl.where(kv_lo < context_before, context_before, 0)  # 0: slid out, no tile
+            cache_diag = (context_before // BLOCK_N) * BLOCK_N
+        else:
+            cache_hi = p1 + 1
+            cache_diag = ((p0 + 1) // BLOCK_N) * BLOCK_N
+        acc, m_i, l_i = _attend_key_range(
+            acc, m_i, l_i, q, q_pos, kv_lo, cache_hi, cache_diag, p1, window, qk_scale,
+            k_cache_ptr + kv_head * stride_k_head, v_cache_ptr + kv_head * stride_v_head,
+            block_tables_ptr + seq.to(tl.int64) * stride_bt_seq, stride_k_block, stride_k_tok,
+            stride_v_block, stride_v_tok, offs_d, False, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD,
+            USE_WINDOW, DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
+    if USE_NEW_KV:  # the new keys, positions relative to context_before (key j = row q_start + j)
+        new_rows = q_start.to(tl.int64)
+        acc, m_i, l_i = _attend_key_range(
+            acc, m_i, l_i, q, t0 + tok, tl.maximum(kv_lo - context_before, 0),
+            p1 - context_before + 1, ((t0 + 1) // BLOCK_N) * BLOCK_N, p1 - context_before,
+            window, qk_scale, k_new_ptr + new_rows * stride_kn_tok + kv_head * stride_kn_head,
+            v_new_ptr + new_rows * stride_vn_tok + kv_head * stride_vn_head, block_tables_ptr,
+            0, stride_kn_tok, 0, stride_vn_tok, offs_d, True, BLOCK_N, BLOCK_SIZE, HEAD_DIM,
+            D_PAD, USE_WINDOW, DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
+
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # padding rows of the tile have l = 0
+    if HAS_V_SCALE:
+        out = out * tl.load(v_scale_ptr).to(tl.float32)
+    o_ptrs = out_ptr + q_rows[:, None] * stride_o_tok + head[:, None] * stride_o_head
+    tl.store(
+        o_ptrs + offs_d[None, :],
+        to_output_dtype(out, out_ptr.dtype.element_ty, CPU_BF16),
+        mask=row_mask,
+    )
 
 
 @triton.jit(do_not_specialize=["num_seqs", "window"])
@@ -129,90 +356,75 @@ def _unified_attention_kernel(
     DOT_PRECISION: tl.constexpr,
     CPU_BF16: tl.constexpr,
 ):
-    # Highest tiles first: under the causal mask the last tiles of a sequence see the most keys,
-    # so launching them first leaves the light ones for the tail of the grid.
-    tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
-    kv_head = tl.program_id(1)
-    first_token = tl.load(cu_seqlens_q_ptr)
-    seq = _find_sequence(cu_seqlens_q_ptr, first_token, num_seqs, tile_id, BLOCK_Q)
-    q_start = tl.load(cu_seqlens_q_ptr + seq)
-    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
-    t0 = (tile_id - ((q_start - first_token) // BLOCK_Q + seq)) * BLOCK_Q  # first token in the tile
-    if t0 >= q_len:
-        return
-    seq_len = tl.load(seq_lens_ptr + seq)
-    context_before = seq_len - q_len  # position of the sequence's first new token
+    """Every key from the paged cache."""
+    _unified_attention_program(
+        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr,
+        cu_seqlens_q_ptr, sinks_ptr, k_scale_ptr, v_scale_ptr, softmax_scale, window, num_seqs,
+        stride_q_tok, stride_q_head, stride_o_tok, stride_o_head, stride_k_block, stride_k_tok,
+        stride_k_head, stride_v_block, stride_v_tok, stride_v_head, stride_bt_seq,
+        k_cache_ptr, v_cache_ptr, 0, 0, 0, 0,
+        GROUP, BLOCK_M, BLOCK_Q, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, USE_WINDOW, HAS_SINKS,
+        HAS_K_SCALE, HAS_V_SCALE, DOT_PRECISION, CPU_BF16, False, True,
+    )  # fmt: skip
 
-    rows = tl.arange(0, BLOCK_M)
-    tok = rows // GROUP
-    head = kv_head * GROUP + rows % GROUP
-    row_valid = (tok < BLOCK_Q) & (t0 + tok < q_len)
-    q_pos = context_before + t0 + tok
-    offs_d = tl.arange(0, D_PAD)
-    row_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q_rows = (q_start + t0 + tok).to(tl.int64)
-    q_ptrs = q_ptr + q_rows[:, None] * stride_q_tok + head[:, None] * stride_q_head
-    q = tl.load(q_ptrs + offs_d[None, :], mask=row_mask, other=0.0)
 
-    qk_scale = softmax_scale * LOG2E
-    if HAS_K_SCALE:
-        qk_scale = qk_scale * tl.load(k_scale_ptr).to(tl.float32)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    if HAS_SINKS:
-        # The sink is a key with logit s_h and no value: start the running state at it.
-        m_i = tl.load(sinks_ptr + head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
-        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
-    else:
-        m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-
-    p0 = context_before + t0
-    p1 = context_before + tl.minimum(t0 + BLOCK_Q, q_len) - 1
-    kv_hi = p1 + 1
-    diag = ((p0 + 1) // BLOCK_N) * BLOCK_N
-    k_head_ptr = k_cache_ptr + kv_head * stride_k_head
-    v_head_ptr = v_cache_ptr + kv_head * stride_v_head
-    bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
-
-    if USE_WINDOW:
-        kv_lo = tl.maximum(p0 - window + 1, 0)
-        lo_tile = (kv_lo // BLOCK_N) * BLOCK_N
-        all_rows_from = tl.cdiv(tl.maximum(p1 - window + 1, 0), BLOCK_N) * BLOCK_N
-        a_end = tl.minimum(tl.maximum(all_rows_from, lo_tile), diag)
-        for start in range(lo_tile, a_end, BLOCK_N):
-            acc, m_i, l_i = attend_kv_tile(
-                acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, start, kv_lo, kv_hi,
-                window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
-                offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, True, USE_WINDOW,
-                DOT_PRECISION, CPU_BF16,
-            )  # fmt: skip
-    else:
-        kv_lo = 0
-        a_end = 0
-    for start in range(a_end, diag, BLOCK_N):
-        acc, m_i, l_i = attend_kv_tile(
-            acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, start, kv_lo, kv_hi,
-            window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
-            offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, False, False, USE_WINDOW,
-            DOT_PRECISION, CPU_BF16,
-        )  # fmt: skip
-    for start in range(diag, kv_hi, BLOCK_N):
-        acc, m_i, l_i = attend_kv_tile(
-            acc, m_i, l_i, q, q_pos, k_head_ptr, v_head_ptr, bt_ptr, start, kv_lo, kv_hi,
-            window, qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok,
-            offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, True, USE_WINDOW,
-            DOT_PRECISION, CPU_BF16,
-        )  # fmt: skip
-
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # padding rows of the tile have l = 0
-    if HAS_V_SCALE:
-        out = out * tl.load(v_scale_ptr).to(tl.float32)
-    o_ptrs = out_ptr + q_rows[:, None] * stride_o_tok + head[:, None] * stride_o_head
-    tl.store(
-        o_ptrs + offs_d[None, :],
-        to_output_dtype(out, out_ptr.dtype.element_ty, CPU_BF16),
-        mask=row_mask,
-    )
+@triton.jit(do_not_specialize=["num_seqs", "window"])
+def _unified_attention_new_kv_kernel(
+    q_ptr,  # [T, Hq, D]
+    k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
+    v_cache_ptr,
+    out_ptr,  # [T, Hq, D]
+    block_tables_ptr,  # [num_seqs, max_blocks] int32
+    seq_lens_ptr,  # [num_seqs] int32
+    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
+    sinks_ptr,  # [Hq] or unused
+    k_scale_ptr,  # [1] fp32 or unused
+    v_scale_ptr,
+    softmax_scale,
+    window,
+    num_seqs,
+    stride_q_tok,
+    stride_q_head,
+    stride_o_tok,
+    stride_o_head,
+    stride_k_block,
+    stride_k_tok,
+    stride_k_head,
+    stride_v_block,
+    stride_v_tok,
+    stride_v_head,
+    stride_bt_seq,
+    k_new_ptr,  # [T, Hkv, D] this step's keys, rows aligned with q (USE_NEW_KV)
+    v_new_ptr,
+    stride_kn_tok,
+    stride_kn_head,
+    stride_vn_tok,
+    stride_vn_head,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    HAS_K_SCALE: tl.constexpr,
+    HAS_V_SCALE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+    CACHED_PREFIX: tl.constexpr,  # False: no sequence has keys before its new ones (no cache read)
+):
+    """The prefix from the paged cache, the new tokens' keys from k_new/v_new."""
+    _unified_attention_program(
+        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr,
+        cu_seqlens_q_ptr, sinks_ptr, k_scale_ptr, v_scale_ptr, softmax_scale, window, num_seqs,
+        stride_q_tok, stride_q_head, stride_o_tok, stride_o_head, stride_k_block, stride_k_tok,
+        stride_k_head, stride_v_block, stride_v_tok, stride_v_head, stride_bt_seq,
+        k_new_ptr, v_new_ptr, stride_kn_tok, stride_kn_head, stride_vn_tok, stride_vn_head,
+        GROUP, BLOCK_M, BLOCK_Q, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, USE_WINDOW, HAS_SINKS,
+        HAS_K_SCALE, HAS_V_SCALE, DOT_PRECISION, CPU_BF16, True, CACHED_PREFIX,
+    )  # fmt: skip
 
 
 def unified_attention(
@@ -231,9 +443,15 @@ def unified_attention(
     v_scale: torch.Tensor | None,
     config: UnifiedConfig | None = None,
     num_tokens: int | None = None,
+    k_new: torch.Tensor | None = None,  # [T, Hkv, D] q's dtype, rows aligned with q's
+    v_new: torch.Tensor | None = None,
+    cached_prefix: bool = True,
 ) -> torch.Tensor:
     """Launches the unified kernel. Inputs are assumed checked (paged_attention.check_inputs).
-    num_tokens: an upper bound of cu_seqlens_q[-1] - cu_seqlens_q[0] (default: q's rows)."""
+    num_tokens: an upper bound of cu_seqlens_q[-1] - cu_seqlens_q[0] (default: q's rows).
+    k_new/v_new: this step's keys/values exactly as the cache holds them (so not with an fp8
+    cache); when given, each sequence's new keys are read from them instead of the cache, and
+    cached_prefix=False (no sequence has keys before its new ones) skips the cache entirely."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_tokens = q.shape[0] if num_tokens is None else num_tokens
     _, block_size, num_kv_heads, _ = key_cache.shape
@@ -242,7 +460,7 @@ def unified_attention(
     d_pad = max(16, triton.next_power_of_2(head_dim))
     cfg = config or default_unified_config(
         max_seqlen_q, group, d_pad, q.dtype, key_cache.element_size() == 1,
-        sliding_window is not None or sinks is not None,
+        sliding_window is not None or sinks is not None, k_new is not None and cached_prefix,
     )  # fmt: skip
     if cfg.block_m < group or cfg.block_m & (cfg.block_m - 1) or cfg.block_m < 16:
         raise ValueError(f"block_m={cfg.block_m} must be a power of two >= max(16, GROUP={group})")
@@ -252,7 +470,13 @@ def unified_attention(
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
     dot_precision, cpu_bf16 = dot_settings(q)
     dummy = seq_lens  # any device tensor, for pointer arguments that a constexpr flag disables
-    _unified_attention_kernel[grid](
+    if k_new is None:
+        kernel, new_kv, flags = _unified_attention_kernel, (), {}
+    else:
+        kernel = _unified_attention_new_kv_kernel
+        new_kv = (k_new, v_new, k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
+        flags = dict(CACHED_PREFIX=cached_prefix)
+    kernel[grid](
         q, key_cache, value_cache, out, block_tables, seq_lens, cu_seqlens_q,
         dummy if sinks is None else sinks,
         dummy if k_scale is None else k_scale,
@@ -261,12 +485,12 @@ def unified_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_tables.stride(0),
+        block_tables.stride(0), *new_kv,
         GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, BLOCK_N=cfg.block_n,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
-        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16,
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, **flags,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out

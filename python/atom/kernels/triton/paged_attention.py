@@ -4,7 +4,9 @@ Dispatch:
 - a decode-only batch (``meta.max_seqlen_q == 1``) goes to the split-K decode kernel
   (attention_decode), which spreads long contexts over many programs;
 - any other batch (prefill, chunked prefill with a cached prefix, spec-decode chunks, prefill
-  chunks mixed with decodes) goes to the unified kernel (attention_unified), except that a leading
+  chunks mixed with decodes) goes to the unified kernel (attention_unified), which reads the new
+  tokens' K/V from ``k_new``/``v_new`` when the layer passes them (and the cache is in q's dtype,
+  so it holds exactly those values; an fp8 cache holds rounded ones), except that a leading
   run of decodes (the scheduler puts running decodes first) goes to the decode kernel in a second
   launch: in the unified kernel a decode would get a whole query tile sized for the prefill
   chunks (up to 128 rows for 4 useful ones). The run is found from the host copy
@@ -61,6 +63,8 @@ def check_inputs(
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
     out: torch.Tensor,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
 ) -> None:
     """Raises ValueError naming the offending argument (DESIGN rule 7)."""
     dev = q.device
@@ -122,6 +126,18 @@ def check_inputs(
     for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
         if s is not None and (s.numel() != 1 or not s.dtype.is_floating_point or s.device != dev):
             raise ValueError(f"{name} must be a one-element float tensor on {dev}, got {s}")
+    if (k_new is None) != (v_new is None):
+        raise ValueError("k_new and v_new must be given together")
+    for name, t in (("k_new", k_new), ("v_new", v_new)):
+        if t is None:
+            continue
+        _check_tensor(name, t, 3, dev)
+        expected = (q.shape[0], num_kv_heads, head_dim)
+        if tuple(t.shape) != expected or t.dtype != q.dtype or t.stride(-1) != 1:
+            raise ValueError(
+                f"{name} must be {q.dtype} {expected} (q's rows) with a contiguous last dim, "
+                f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}"
+            )
 
 
 def _leading_decodes(meta: AttentionMetadata) -> tuple[int, int]:
@@ -133,6 +149,15 @@ def _leading_decodes(meta: AttentionMetadata) -> tuple[int, int]:
         return 0, 0
     count = next((i for i, q_len in enumerate(lens) if q_len != 1), len(lens))
     return count, max(meta.seq_lens_cpu[:count], default=0)
+
+
+def _cached_prefix(meta: AttentionMetadata, first_seq: int) -> bool:
+    """Whether a sequence from first_seq on has new tokens after keys already in the cache (from
+    the host copies; True when there are none)."""
+    if meta.query_lens_cpu is None or meta.seq_lens_cpu is None:
+        return True
+    lens = zip(meta.query_lens_cpu[first_seq:], meta.seq_lens_cpu[first_seq:])
+    return any(0 < q_len < seq_len for q_len, seq_len in lens)
 
 
 def _decode_splits(num_seqs, num_kv_heads, longest, sliding_window, device) -> int:
@@ -155,10 +180,15 @@ def paged_attention(
     unified_config: UnifiedConfig | None = None,
     decode_config: DecodeConfig | None = None,
     num_splits: int | None = None,
+    k_new: torch.Tensor | None = None,  # [num_tokens, Hkv, D] q's dtype: this step's keys
+    v_new: torch.Tensor | None = None,  # and values as written to the cache (rows of q's rows)
 ) -> torch.Tensor:
     """Returns out: [num_tokens, Hq, D] in q's dtype; padding rows are left as they were.
 
-    The trailing keyword arguments override the tuned defaults (benchmarks and tests use them).
+    unified_config, decode_config and num_splits override the tuned defaults (benchmarks and
+    tests use them). k_new/v_new (both or neither): with a cache in q's dtype, prefill chunks
+    read their new keys/values from these contiguous rows instead of the paged cache (the same
+    values, so the same result); decodes and fp8 caches ignore them.
     """
     if out is None:
         # A decode-only batch writes every token row (zeros for a length-0 sequence), so its
@@ -167,8 +197,10 @@ def paged_attention(
         out = torch.empty_like(q) if decode_only else torch.zeros_like(q)
     check_inputs(
         q, key_cache, value_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, scale,
-        sliding_window, sinks, k_scale, v_scale, out,
+        sliding_window, sinks, k_scale, v_scale, out, k_new, v_new,
     )  # fmt: skip
+    if key_cache.dtype != q.dtype:  # fp8: the cache holds rounded values, read those
+        k_new = v_new = None
     k_scale = None if k_scale is None else k_scale.reshape(1)
     v_scale = None if v_scale is None else v_scale.reshape(1)
     cu, seq_lens, tables = meta.cu_seqlens_q, meta.seq_lens, meta.block_tables
@@ -195,7 +227,8 @@ def paged_attention(
     return unified_attention(
         q, key_cache, value_cache, out, cu[num_decodes:], seq_lens[num_decodes:],
         tables[num_decodes:], meta.max_seqlen_q, *common, config=unified_config,
-        num_tokens=q.shape[0] - num_decodes,
+        num_tokens=q.shape[0] - num_decodes, k_new=k_new, v_new=v_new,
+        cached_prefix=k_new is None or _cached_prefix(meta, num_decodes),
     )  # fmt: skip
 
 
