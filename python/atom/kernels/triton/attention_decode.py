@@ -1,11 +1,11 @@
 """Split-K ("flash-decoding") paged attention for decode-only batches (one new token per sequence).
 
-Work split: the grid is (num_seqs, Hkv, NUM_SPLITS). Program (b, g, s) takes the GROUP = Hq / Hkv
+Work split: the grid is (num_seqs, Hkv, num_splits). Program (b, g, s) takes the GROUP = Hq / Hkv
 query heads that share KV head g, stacked as the rows of the dots (padded to GROUP_PAD >= 16), and
-the s-th of NUM_SPLITS equal, BLOCK_N-aligned slices of the keys the token sees, [lo, seq_len)
+the s-th of num_splits equal, BLOCK_N-aligned slices of the keys the token sees, [lo, seq_len)
 with lo = max(0, seq_len - W) under a sliding window. Each K/V byte is read by one program.
 
-With NUM_SPLITS == 1 the kernel writes the final output. Otherwise each split writes its normalised
+With num_splits == 1 the kernel writes the final output. Otherwise each split writes its normalised
 partial output o_s = acc_s / l_s and log-sum-exp lse_s = m_s + log2(l_s) (log2 domain) into a
 workspace and a second kernel combines them (Dao et al., "Flash-Decoding", 2023):
     M = max(max_s lse_s, sink),  w_s = 2^(lse_s - M),
@@ -92,14 +92,14 @@ class DecodeWorkspace:
         self.lse = torch.empty(*shape, dtype=torch.float32, device=device)
 
 
-@triton.jit(do_not_specialize=["window"])
+@triton.jit(do_not_specialize=["window", "num_splits"])
 def _decode_split_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
     v_cache_ptr,
-    out_ptr,  # [T, Hq, D] (NUM_SPLITS == 1)
-    part_out_ptr,  # [num_seqs, Hq, NUM_SPLITS, D] fp32 (NUM_SPLITS > 1)
-    part_lse_ptr,  # [num_seqs, Hq, NUM_SPLITS] fp32
+    out_ptr,  # [T, Hq, D] (not SPLIT)
+    part_out_ptr,  # [num_seqs, Hq, num_splits, D] fp32 (SPLIT)
+    part_lse_ptr,  # [num_seqs, Hq, num_splits] fp32
     block_tables_ptr,
     seq_lens_ptr,
     cu_seqlens_q_ptr,
@@ -108,6 +108,7 @@ def _decode_split_kernel(
     v_scale_ptr,
     softmax_scale,
     window,
+    num_splits,  # a runtime value (one compiled kernel serves every split count > 1)
     stride_q_tok,
     stride_q_head,
     stride_o_tok,
@@ -125,7 +126,7 @@ def _decode_split_kernel(
     BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     D_PAD: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SPLIT: tl.constexpr,  # num_splits > 1: write partials for the combine kernel
     USE_WINDOW: tl.constexpr,
     HAS_SINKS: tl.constexpr,
     HAS_K_SCALE: tl.constexpr,
@@ -147,7 +148,7 @@ def _decode_split_kernel(
     kv_lo = 0
     if USE_WINDOW:
         kv_lo = tl.maximum(seq_len - window, 0)
-    per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, num_splits), BLOCK_N) * BLOCK_N
     split_lo = kv_lo + split * per_split
     split_hi = tl.minimum(split_lo + per_split, seq_len)
 
@@ -166,7 +167,7 @@ def _decode_split_kernel(
     acc = tl.zeros([GROUP_PAD, D_PAD], dtype=tl.float32)
     m_i = tl.full([GROUP_PAD], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
-    if HAS_SINKS and NUM_SPLITS == 1:  # else the combine kernel adds the sink
+    if HAS_SINKS and not SPLIT:  # else the combine kernel adds the sink
         m_i = tl.load(sinks_ptr + head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
         l_i = tl.full([GROUP_PAD], 1.0, dtype=tl.float32)
 
@@ -191,7 +192,7 @@ def _decode_split_kernel(
             CPU_BF16,
         )  # fmt: skip
 
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         safe_l = tl.where(l_i > 0.0, l_i, 1.0)  # seq_len 0 (graph padding): write zeros
         out = acc / safe_l[:, None]
         if HAS_V_SCALE:
@@ -207,25 +208,25 @@ def _decode_split_kernel(
         part = acc / tl.where(has_keys, l_i, 1.0)[:, None]
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         num_heads = tl.num_programs(1) * GROUP
-        base = (seq.to(tl.int64) * num_heads + head) * NUM_SPLITS + split
+        base = (seq.to(tl.int64) * num_heads + head) * num_splits + split
         tl.store(part_lse_ptr + base, lse, mask=row_valid)
         tl.store(part_out_ptr + base[:, None] * HEAD_DIM + offs_d[None, :], part, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_combine_kernel(
     out_ptr,  # [T, Hq, D]
-    part_out_ptr,  # [num_seqs, Hq, NUM_SPLITS, D] fp32
-    part_lse_ptr,  # [num_seqs, Hq, NUM_SPLITS] fp32
+    part_out_ptr,  # [num_seqs, Hq, num_splits, D] fp32
+    part_lse_ptr,  # [num_seqs, Hq, num_splits] fp32
     cu_seqlens_q_ptr,
     sinks_ptr,
     v_scale_ptr,
     stride_o_tok,
     stride_o_head,
+    num_splits,
     HEAD_DIM: tl.constexpr,
     D_PAD: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,  # a power of two >= num_splits
     HAS_SINKS: tl.constexpr,
     HAS_V_SCALE: tl.constexpr,
     CPU_BF16: tl.constexpr,
@@ -241,8 +242,8 @@ def _decode_combine_kernel(
         return
     splits = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, D_PAD)
-    base = (seq.to(tl.int64) * tl.num_programs(1) + head) * NUM_SPLITS
-    lse = tl.load(part_lse_ptr + base + splits, mask=splits < NUM_SPLITS, other=float("-inf"))
+    base = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_splits
+    lse = tl.load(part_lse_ptr + base + splits, mask=splits < num_splits, other=float("-inf"))
     m = tl.max(lse, 0)
     if HAS_SINKS:
         sink = tl.load(sinks_ptr + head).to(tl.float32) * LOG2E
@@ -252,7 +253,7 @@ def _decode_combine_kernel(
     denom = tl.sum(w, 0)
     if HAS_SINKS:
         denom += tl.exp2(sink - m_safe)
-    o_mask = (splits[:, None] < NUM_SPLITS) & (offs_d[None, :] < HEAD_DIM)
+    o_mask = (splits[:, None] < num_splits) & (offs_d[None, :] < HEAD_DIM)
     parts = tl.load(
         part_out_ptr + (base + splits)[:, None] * HEAD_DIM + offs_d[None, :], mask=o_mask, other=0.0
     )
@@ -317,13 +318,13 @@ def decode_attention(
         dummy if sinks is None else sinks,
         dummy if k_scale is None else k_scale,
         dummy if v_scale is None else v_scale,
-        float(scale), int(sliding_window or 0),
+        float(scale), int(sliding_window or 0), num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, NUM_SPLITS=num_splits,
+        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, SPLIT=num_splits > 1,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
         DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl,
@@ -334,9 +335,8 @@ def decode_attention(
             out, part_out, part_lse, cu_seqlens_q,
             dummy if sinks is None else sinks,
             dummy if v_scale is None else v_scale,
-            out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, D_PAD=d_pad, NUM_SPLITS=num_splits,
-            SPLITS_PAD=triton.next_power_of_2(num_splits),
+            out.stride(0), out.stride(1), num_splits,
+            HEAD_DIM=head_dim, D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(num_splits),
             HAS_SINKS=sinks is not None, HAS_V_SCALE=v_scale is not None, CPU_BF16=cpu_bf16,
             USE_PDL=pdl, num_warps=4 if head_dim >= 128 else 2, **launch_options(pdl),
         )  # fmt: skip

@@ -139,12 +139,10 @@ def _kernel_and_constexprs(v: Variant, target: GPUTarget):
     if v.kernel == "decode":
         group_pad = max(16, triton.next_power_of_2(v.group))
         return _decode_split_kernel, dict(
-            attention, **pdl, GROUP_PAD=group_pad, NUM_SPLITS=v.num_splits
+            attention, **pdl, GROUP_PAD=group_pad, SPLIT=v.num_splits > 1
         )
     splits_pad = triton.next_power_of_2(v.num_splits)
-    return _decode_combine_kernel, dict(
-        common, **pdl, NUM_SPLITS=v.num_splits, SPLITS_PAD=splits_pad, CPU_BF16=False
-    )
+    return _decode_combine_kernel, dict(common, **pdl, SPLITS_PAD=splits_pad, CPU_BF16=False)
 
 
 def _resource_usage(cubin: bytes) -> dict:
