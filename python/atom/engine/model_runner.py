@@ -128,6 +128,8 @@ class ModelRunner:
             self.num_blocks, self.block_size,
             self.num_blocks * self.bytes_per_block / 2**20, self.kv_dtype, self.device,
         )  # fmt: skip
+        if self.device.type == "cuda":
+            self._warm_up_kernels()
         self.fast_path = self._setup_fast_path()
         logger.info("decode fast path: %s", self.fast_path)
 
@@ -247,6 +249,42 @@ class ModelRunner:
                 layer.bind_kv_cache(k, v, self._kv_scale, self._kv_scale)
         else:
             self._allocate_kv_cache(0)
+
+    def _warm_up_kernels(self) -> None:
+        """Compiles the JIT kernels of the step shapes that the memory-profiling forward (short
+        prompts) and the decode graphs (decode-only batches) do not reach, so that the first real
+        requests do not wait for them (several seconds on a GPU): a long prompt without a cached
+        prefix, then a step mixing a decode with a prompt chunk that continues a cached prefix.
+        The steps write KV blocks from block 0 up; no block is in use yet, and a block is always
+        written before it is read, so the values they leave are never seen."""
+        bs = self.block_size
+        chunk = min(256, self.config.max_num_batched_tokens - 1, self.config.max_model_len // 2)
+        if chunk < 2 or self.num_blocks * bs < 3 * chunk + 2:
+            return
+        # (new tokens, context before them) per sequence, blocks laid out one after the other
+        for shape in ([(chunk, 0)], [(1, chunk), (chunk, chunk)]):
+            tables, next_block = [], 0
+            for n, before in shape:
+                used = -(-(n + before) // bs)
+                tables.append(list(range(next_block, next_block + used)))
+                next_block += used
+            query_lens = [n for n, _ in shape]
+            seq_lens = [n + before for n, before in shape]
+            positions = [p for n, before in shape for p in range(before, before + n)]
+            slots = [
+                t[p // bs] * bs + p % bs
+                for t, (n, before) in zip(tables, shape)
+                for p in range(before, before + n)
+            ]  # fmt: skip
+            step = self._build_step_input(
+                input_ids=[0] * len(positions), positions=positions, query_lens=query_lens,
+                seq_lens=seq_lens, block_tables=tables, slots=slots,
+                logits_rows=[sum(query_lens[: i + 1]) - 1 for i in range(len(shape))],
+                sample_seqs=[],
+            )  # fmt: skip
+            self.execute(step)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         caches = []
