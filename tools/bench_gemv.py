@@ -195,7 +195,7 @@ def compile_sm90(cfg, m: int, fusion: str, even_k: bool) -> dict:
         SUMSQ_BLOCK=max(cfg.block_k, 8192 // m_pad) if norm else cfg.block_k,
         HAS_BIAS=False, HAS_NORM=norm, GATED=fusion.startswith("silu"),
         HAS_RESIDUAL=fusion.endswith("residual"), USE_DOT=cfg.use_dot, EVEN_K=even_k,
-        DOT_PRECISION="tf32", CPU_BF16=False, USE_PDL=True,
+        DOT_PRECISION="tf32", CPU_BF16=False, USE_PDL=True, PREFETCH=True,
     )  # fmt: skip
     signature, attrs = {}, {}
     for i, arg in enumerate(_gemv_kernel.arg_names):

@@ -41,8 +41,8 @@ No split-K in this version: the grid is cdiv(N, BLOCK_N), and the default config
 until the grid gives about 2 (reduce) or 1 (dot) programs per SM (tools/bench_gemv.py sweeps the
 alternatives; ``--compile-check`` compiles every config for sm90 without a GPU, no spills).
 
-PDL (programmatic dependent launch, atom.kernels.triton.pdl; on for Hopper+ unless ATOM_PDL=0):
-each program first does what reads no activation and may overlap the previous kernel's tail: index
+PDL (programmatic dependent launch, atom.kernels.triton.pdl; on for Hopper+ unless ATOM_PDL=0,
+and only for weights of at most SMALL_WEIGHT elements, see fused_gemv): each program first does what reads no activation and may overlap the previous kernel's tail: index
 math and the loads of its first K step's parameter tiles (W, the norm weight) and of its bias. Then
 ``gdc_wait`` (the previous kernel has completed and its writes are visible), then everything that
 reads x / residual and every store, and ``gdc_launch_dependents`` right after the wait so that the
@@ -244,6 +244,7 @@ def _gemv_kernel(
     DOT_PRECISION: tl.constexpr,
     CPU_BF16: tl.constexpr,
     USE_PDL: tl.constexpr = False,  # programmatic dependent launch (module docstring)
+    PREFETCH: tl.constexpr = False,  # with USE_PDL: first parameter tiles before the wait
 ):
     pid = tl.program_id(0)
     rows = tl.arange(0, M_PAD)
@@ -254,11 +255,12 @@ def _gemv_kernel(
     w_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64) * K
     offs_k = tl.arange(0, BLOCK_K)
 
-    # Parameters only until the wait (PDL): they overlap the previous kernel's tail.
-    w_first, nw_first = _param_tiles(w_rows, norm_w_ptr, offs_k, K, HAS_NORM, EVEN_K)
+    # With PDL, parameters only until the wait: they overlap the previous kernel's tail.
     bias = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    if PREFETCH:
+        w_first, nw_first = _param_tiles(w_rows, norm_w_ptr, offs_k, K, HAS_NORM, EVEN_K)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
     if USE_PDL:
         tl.extra.cuda.gdc_wait()  # x and the residual may be the previous kernel's output
         tl.extra.cuda.gdc_launch_dependents()
@@ -278,13 +280,16 @@ def _gemv_kernel(
         acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)  # out^T: weight rows on the MMA's M
     else:
         acc = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
-    # Step 0 with the prefetched tiles, then the rest: the same products in the same order as one
-    # loop, so the result does not depend on USE_PDL.
-    acc = _gemv_step(
-        acc, w_first, nw_first, x_rows, row_ok, rstd, offs_k, K,
-        HAS_NORM, GATED, USE_DOT, EVEN_K, DOT_PRECISION, CPU_BF16,
-    )  # fmt: skip
-    for k0 in range(BLOCK_K, K, BLOCK_K):
+    # With PREFETCH, step 0 uses the prefetched tiles and the loop does the rest: the same products
+    # in the same order as the plain loop, so the result does not depend on it.
+    k_begin = 0
+    if PREFETCH:
+        acc = _gemv_step(
+            acc, w_first, nw_first, x_rows, row_ok, rstd, offs_k, K,
+            HAS_NORM, GATED, USE_DOT, EVEN_K, DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
+        k_begin = BLOCK_K
+    for k0 in range(k_begin, K, BLOCK_K):
         kk = k0 + offs_k
         w, nw = _param_tiles(w_rows, norm_w_ptr, kk, K, HAS_NORM, EVEN_K)
         acc = _gemv_step(
@@ -294,6 +299,8 @@ def _gemv_kernel(
     if USE_DOT:
         acc = tl.trans(acc)
 
+    if HAS_BIAS and not PREFETCH:
+        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         acc += bias[None, :]
     tile_mask = row_ok[:, None] & n_ok[None, :]
@@ -373,7 +380,11 @@ def fused_gemv(
         raise ValueError(f"{config}: the dot path needs block_n and block_k >= 16")
     m_pad = rows_padded(m, config.use_dot)
     dot_precision, cpu_bf16 = dot_settings(x)
-    pdl = pdl_enabled(x.device)
+    # PDL only for small weights (measured, H100, Llama-3-8B batch-1 decode): for them launch
+    # latency is the cost and the prefetch hides it (SmolLM2: 0.76 -> 0.59 ms a step, with PDL in
+    # the other kernels too); for large ones the peeled first step cost 0.25 ms a step (5.83 ->
+    # 6.08) and PDL gained nothing back, so they keep the plain loop, launched without PDL.
+    pdl = pdl_enabled(x.device) and weight.numel() <= SMALL_WEIGHT
     dummy = weight  # never read when the matching flag is off
     _gemv_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight,
@@ -388,7 +399,7 @@ def fused_gemv(
         SUMSQ_BLOCK=min(_pow2(k), max(config.block_k, 8192 // m_pad)),
         HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, GATED=act is not None,
         HAS_RESIDUAL=residual is not None, USE_DOT=config.use_dot, EVEN_K=k % config.block_k == 0,
-        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl,
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, PREFETCH=pdl,
         num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(pdl),
     )  # fmt: skip
     return out
