@@ -121,6 +121,7 @@ class EngineStepTimers:
     def __init__(self, engine) -> None:
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.slowest: dict[str, list[float]] = {}  # the 3 longest calls (compiles show up here)
         for owner, name, label in (
             (engine.scheduler, "schedule", "schedule"),
             (engine.runner, "run", "sync_step"),
@@ -132,24 +133,30 @@ class EngineStepTimers:
 
     def _wrap(self, owner, name: str, label: str) -> None:
         inner = getattr(owner, name)
-        self.seconds[label], self.calls[label] = 0.0, 0
+        self.seconds[label], self.calls[label], self.slowest[label] = 0.0, 0, []
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return inner(*args, **kwargs)
             finally:
-                self.seconds[label] += time.perf_counter() - start
+                took = time.perf_counter() - start
+                self.seconds[label] += took
                 self.calls[label] += 1
+                self.slowest[label] = sorted([*self.slowest[label], took])[-3:]
 
         setattr(owner, name, timed)
 
     def reset(self) -> None:
         for label in self.seconds:
-            self.seconds[label], self.calls[label] = 0.0, 0
+            self.seconds[label], self.calls[label], self.slowest[label] = 0.0, 0, []
 
     def summary(self) -> dict:
         return {
-            label: {"seconds": round(self.seconds[label], 4), "calls": self.calls[label]}
+            label: {
+                "seconds": round(self.seconds[label], 4),
+                "calls": self.calls[label],
+                "slowest": [round(t, 4) for t in self.slowest[label]],
+            }
             for label in self.seconds
         }

@@ -92,7 +92,7 @@ class DecodeWorkspace:
         self.lse = torch.empty(*shape, dtype=torch.float32, device=device)
 
 
-@triton.jit(do_not_specialize=["window", "num_splits"])
+@triton.jit(do_not_specialize=["window", "num_splits", "stride_bt_seq"])
 def _decode_split_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]

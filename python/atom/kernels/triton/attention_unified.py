@@ -316,7 +316,7 @@ def _unified_attention_program(
     )
 
 
-@triton.jit(do_not_specialize=["num_seqs", "window"])
+@triton.jit(do_not_specialize=["num_seqs", "window", "stride_bt_seq"])
 def _unified_attention_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
@@ -368,7 +368,7 @@ def _unified_attention_kernel(
     )  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["num_seqs", "window"])
+@triton.jit(do_not_specialize=["num_seqs", "window", "stride_bt_seq"])
 def _unified_attention_new_kv_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]

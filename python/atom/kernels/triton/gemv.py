@@ -41,8 +41,8 @@ No split-K in this version: the grid is cdiv(N, BLOCK_N), and the default config
 until the grid gives about 2 (reduce) or 1 (dot) programs per SM (tools/bench_gemv.py sweeps the
 alternatives; ``--compile-check`` compiles every config for sm90 without a GPU, no spills).
 
-PDL (programmatic dependent launch, atom.kernels.triton.pdl; on for Hopper+ unless ATOM_PDL=0,
-and only for weights of at most SMALL_WEIGHT elements, see fused_gemv): each program first does what reads no activation and may overlap the previous kernel's tail: index
+PDL (programmatic dependent launch, atom.kernels.triton.pdl; on for Hopper+ unless ATOM_PDL=0;
+the prefetch below only for weights of at most SMALL_WEIGHT elements, see fused_gemv): each program first does what reads no activation and may overlap the previous kernel's tail: index
 math and the loads of its first K step's parameter tiles (W, the norm weight) and of its bias. Then
 ``gdc_wait`` (the previous kernel has completed and its writes are visible), then everything that
 reads x / residual and every store, and ``gdc_launch_dependents`` right after the wait so that the
@@ -380,11 +380,12 @@ def fused_gemv(
         raise ValueError(f"{config}: the dot path needs block_n and block_k >= 16")
     m_pad = rows_padded(m, config.use_dot)
     dot_precision, cpu_bf16 = dot_settings(x)
-    # PDL only for small weights (measured, H100, Llama-3-8B batch-1 decode): for them launch
-    # latency is the cost and the prefetch hides it (SmolLM2: 0.76 -> 0.59 ms a step, with PDL in
-    # the other kernels too); for large ones the peeled first step cost 0.25 ms a step (5.83 ->
-    # 6.08) and PDL gained nothing back, so they keep the plain loop, launched without PDL.
-    pdl = pdl_enabled(x.device) and weight.numel() <= SMALL_WEIGHT
+    # The first-tile prefetch only for small weights (measured on the H100, batch-1 decode): for
+    # them launch latency is the cost and the prefetch hides it (SmolLM2: 0.76 -> 0.59 ms a step,
+    # with PDL in the other kernels too); for large ones the peeled first step cost 0.25 ms a step
+    # (Llama-3-8B, 5.83 -> 6.08 ms), while PDL with the plain loop gains 0.1 ms (5.85 -> 5.75).
+    pdl = pdl_enabled(x.device)
+    prefetch = pdl and weight.numel() <= SMALL_WEIGHT
     dummy = weight  # never read when the matching flag is off
     _gemv_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight,
@@ -399,7 +400,7 @@ def fused_gemv(
         SUMSQ_BLOCK=min(_pow2(k), max(config.block_k, 8192 // m_pad)),
         HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, GATED=act is not None,
         HAS_RESIDUAL=residual is not None, USE_DOT=config.use_dot, EVEN_K=k % config.block_k == 0,
-        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, PREFETCH=pdl,
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, PREFETCH=prefetch,
         num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(pdl),
     )  # fmt: skip
     return out
