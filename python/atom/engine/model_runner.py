@@ -253,16 +253,24 @@ class ModelRunner:
     def _warm_up_kernels(self) -> None:
         """Compiles the JIT kernels of the step shapes that the memory-profiling forward (short
         prompts) and the decode graphs (decode-only batches) do not reach, so that the first real
-        requests do not wait for them (several seconds on a GPU): a long prompt without a cached
-        prefix, then a step mixing a decode with a prompt chunk that continues a cached prefix.
+        requests do not wait for them (seconds each on a GPU): prompts without a cached prefix, and
+        steps mixing a decode with a prompt chunk that continues a cached prefix, long and short.
         The steps write KV blocks from block 0 up; no block is in use yet, and a block is always
         written before it is read, so the values they leave are never seen."""
         bs = self.block_size
         chunk = min(256, self.config.max_num_batched_tokens - 1, self.config.max_model_len // 2)
         if chunk < 2 or self.num_blocks * bs < 3 * chunk + 2:
             return
+        # The prefill kernel's tile height follows the longest chunk of the step (rows = tokens x
+        # the GQA group, 16..128), so short chunks get their own compiled variants too.
+        group = max(layer.num_heads // layer.num_kv_heads for layer in self.attn_layers)
+        short = sorted({rows // group for rows in (16, 32, 64)} - {0, 1})
+        shapes = [[(chunk, 0)], [(1, chunk), (chunk, chunk)]]
+        shapes += [[(q, 0)] for q in short if q < chunk] + [
+            [(1, chunk), (q, chunk)] for q in short if q < chunk
+        ]
         # (new tokens, context before them) per sequence, blocks laid out one after the other
-        for shape in ([(chunk, 0)], [(1, chunk), (chunk, chunk)]):
+        for shape in shapes:
             tables, next_block = [], 0
             for n, before in shape:
                 used = -(-(n + before) // bs)

@@ -316,7 +316,7 @@ def _unified_attention_program(
     )
 
 
-@triton.jit(do_not_specialize=["num_seqs", "window", "stride_bt_seq"])
+@triton.jit(do_not_specialize=["num_seqs", "first_seq", "window", "stride_bt_seq"])
 def _unified_attention_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
@@ -331,6 +331,7 @@ def _unified_attention_kernel(
     softmax_scale,
     window,
     num_seqs,
+    first_seq,  # sequences before it in the three metadata tensors belong to another launch
     stride_q_tok,
     stride_q_head,
     stride_o_tok,
@@ -358,8 +359,9 @@ def _unified_attention_kernel(
 ):
     """Every key from the paged cache."""
     _unified_attention_program(
-        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr,
-        cu_seqlens_q_ptr, sinks_ptr, k_scale_ptr, v_scale_ptr, softmax_scale, window, num_seqs,
+        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr + first_seq * stride_bt_seq,
+        seq_lens_ptr + first_seq, cu_seqlens_q_ptr + first_seq, sinks_ptr, k_scale_ptr,
+        v_scale_ptr, softmax_scale, window, num_seqs,
         stride_q_tok, stride_q_head, stride_o_tok, stride_o_head, stride_k_block, stride_k_tok,
         stride_k_head, stride_v_block, stride_v_tok, stride_v_head, stride_bt_seq,
         k_cache_ptr, v_cache_ptr, 0, 0, 0, 0,
@@ -368,7 +370,7 @@ def _unified_attention_kernel(
     )  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["num_seqs", "window", "stride_bt_seq"])
+@triton.jit(do_not_specialize=["num_seqs", "first_seq", "window", "stride_bt_seq"])
 def _unified_attention_new_kv_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
@@ -383,6 +385,7 @@ def _unified_attention_new_kv_kernel(
     softmax_scale,
     window,
     num_seqs,
+    first_seq,  # sequences before it in the three metadata tensors belong to another launch
     stride_q_tok,
     stride_q_head,
     stride_o_tok,
@@ -417,8 +420,9 @@ def _unified_attention_new_kv_kernel(
 ):
     """The prefix from the paged cache, the new tokens' keys from k_new/v_new."""
     _unified_attention_program(
-        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr,
-        cu_seqlens_q_ptr, sinks_ptr, k_scale_ptr, v_scale_ptr, softmax_scale, window, num_seqs,
+        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr + first_seq * stride_bt_seq,
+        seq_lens_ptr + first_seq, cu_seqlens_q_ptr + first_seq, sinks_ptr, k_scale_ptr,
+        v_scale_ptr, softmax_scale, window, num_seqs,
         stride_q_tok, stride_q_head, stride_o_tok, stride_o_head, stride_k_block, stride_k_tok,
         stride_k_head, stride_v_block, stride_v_tok, stride_v_head, stride_bt_seq,
         k_new_ptr, v_new_ptr, stride_kn_tok, stride_kn_head, stride_vn_tok, stride_vn_head,
@@ -446,16 +450,21 @@ def unified_attention(
     k_new: torch.Tensor | None = None,  # [T, Hkv, D] q's dtype, rows aligned with q's
     v_new: torch.Tensor | None = None,
     cached_prefix: bool = True,
+    first_seq: int = 0,
 ) -> torch.Tensor:
     """Launches the unified kernel. Inputs are assumed checked (paged_attention.check_inputs).
     num_tokens: an upper bound of cu_seqlens_q[-1] - cu_seqlens_q[0] (default: q's rows).
     k_new/v_new: this step's keys/values exactly as the cache holds them (so not with an fp8
     cache); when given, each sequence's new keys are read from them instead of the cache, and
-    cached_prefix=False (no sequence has keys before its new ones) skips the cache entirely."""
+    cached_prefix=False (no sequence has keys before its new ones) skips the cache entirely.
+    first_seq: the sequences from first_seq on are this launch's (the earlier ones of the
+    metadata went to the decode kernel). The kernel offsets the pointers itself rather than
+    taking sliced tensors: Triton specializes a kernel on its pointers' 16-byte alignment, so
+    slices at varying offsets would compile a variant per alignment, at run time."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_tokens = q.shape[0] if num_tokens is None else num_tokens
     _, block_size, num_kv_heads, _ = key_cache.shape
-    num_seqs = seq_lens.shape[0]
+    num_seqs = seq_lens.shape[0] - first_seq
     group = num_heads // num_kv_heads
     d_pad = max(16, triton.next_power_of_2(head_dim))
     cfg = config or default_unified_config(
@@ -481,7 +490,7 @@ def unified_attention(
         dummy if sinks is None else sinks,
         dummy if k_scale is None else k_scale,
         dummy if v_scale is None else v_scale,
-        float(scale), int(sliding_window or 0), num_seqs,
+        float(scale), int(sliding_window or 0), num_seqs, first_seq,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),

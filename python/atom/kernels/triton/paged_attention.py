@@ -225,10 +225,9 @@ def paged_attention(
             tables[:num_decodes], *common, splits, config=decode_config,
         )  # fmt: skip
     return unified_attention(
-        q, key_cache, value_cache, out, cu[num_decodes:], seq_lens[num_decodes:],
-        tables[num_decodes:], meta.max_seqlen_q, *common, config=unified_config,
-        num_tokens=q.shape[0] - num_decodes, k_new=k_new, v_new=v_new,
-        cached_prefix=k_new is None or _cached_prefix(meta, num_decodes),
+        q, key_cache, value_cache, out, cu, seq_lens, tables, meta.max_seqlen_q, *common,
+        config=unified_config, num_tokens=q.shape[0] - num_decodes, k_new=k_new, v_new=v_new,
+        cached_prefix=k_new is None or _cached_prefix(meta, num_decodes), first_seq=num_decodes,
     )  # fmt: skip
 
 
