@@ -82,16 +82,15 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of q [T, Hq, D] over the paged cache (this step's K/V already written).
     k_new, v_new [T, Hkv, D] (optional): this step's K/V exactly as written to the cache, rows
-    aligned with q's; GPU backends may read the new tokens' K/V from them (same result), the CPU
-    ones and the compiled decode step ignore them."""
+    aligned with q's; a backend may read the new tokens' K/V from them (same result) or ignore
+    them, as the torch.compile'd decode step does."""
     if torch.compiler.is_compiling():  # one opaque node for torch.compile (kernels/opaque.py)
         return opaque.paged_attention(
             q, key_cache, value_cache, meta, scale, sliding_window, sinks, k_scale, v_scale, out
         )
-    new_kv = {} if k_new is None or q.device.type == "cpu" else dict(k_new=k_new, v_new=v_new)
     return pick("paged_attention", q.device.type)(
         q, key_cache, value_cache, meta, scale, sliding_window, sinks, k_scale, v_scale, out,
-        **new_kv,
+        k_new=k_new, v_new=v_new,
     )  # fmt: skip
 
 

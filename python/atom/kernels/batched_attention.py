@@ -45,6 +45,8 @@ def paged_attention(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    k_new: torch.Tensor | None = None,  # this step's K/V as the cache holds them: not needed here
+    v_new: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Returns out: [num_tokens, Hq, D] in q's dtype (rows without a query are left as they
     were), like the reference."""
