@@ -290,9 +290,7 @@ def bf16_errors(
     runner = PagedRunner(model, block_size=16, num_blocks=64, seed=1, device=device)
     cut = len(seqs[-1]) // 2
     chunked_id = len(seqs)  # the last prompt runs in two chunks, under an id no other one has
-    first = runner.step(
-        [(i, s) for i, s in enumerate(seqs[:-1])] + [(chunked_id, seqs[-1][:cut])]
-    )
+    first = runner.step([(i, s) for i, s in enumerate(seqs[:-1])] + [(chunked_id, seqs[-1][:cut])])
     second = runner.step([(chunked_id, seqs[-1][cut:])])
     ours = torch.cat([*first[:-1], first[-1], second[0]]).float()
     exact = torch.cat([hf_logits(ref32, s) for s in seqs])

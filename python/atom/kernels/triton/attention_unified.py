@@ -20,7 +20,7 @@ Per tile the keys [lo, p1] are visited in three phases so that only boundary til
 with lo = max(0, p0 - W + 1), diag = floor((p0 + 1) / BLOCK_N) * BLOCK_N and a_end the first tile
 start >= p1 - W + 1 (clamped into [lo_tile, diag]). Keys outside [lo, p1] are never loaded.
 
-New keys read contiguously (k_new/v_new given: _unified_attention_new_kv_kernel): with
+New keys read contiguously (k_new/v_new given: USE_NEW_KV): with
 c = context_before = seq_len - q_len, the keys split into two sources, each visited in the phases
 above (_attend_key_range):
     prefix  [lo, c)       from the paged cache; every row is past them, so only the window and the
@@ -30,7 +30,7 @@ above (_attend_key_range):
                           aligned to c, see the diagonal exactly as in a prefill without prefix
 A prefill without prefix (c = 0) reads only the new source: the same tiles and masks as the
 paged kernel, with affine addresses. When the host knows that no sequence has a prefix
-(CACHED_PREFIX=False) the cache loops are left out: with them, 128-key steps spill on sm90.
+(CACHE_KEYS=False) the cache loops are left out: with them, 128-key steps spill on sm90.
 """
 
 from __future__ import annotations
@@ -68,13 +68,16 @@ def default_unified_config(
     fp8_cache: bool = False,
     window_or_sinks: bool = False,
     two_sources: bool = False,
+    new_kv: bool = False,
 ) -> UnifiedConfig:
     """Smaller row tiles for short queries (decode rows, spec-decode chunks) so fewer rows are
     padding; 128-row tiles (two warpgroups of wgmma on Hopper) for real prefill, with 128-key
     steps where they fit the registers (the best measured on the H100: 310 TFLOP/s vs 284 with 64
     keys, 4096 causal tokens, d128). Every default is spill-free on sm90 (compile_check). fp32
     (a correctness path: no tensor-core dot) uses small tiles. two_sources: the new-KV kernel
-    with a cached prefix (paged and contiguous loops in one kernel), where 128-key steps spill."""
+    with a cached prefix (paged and contiguous loops in one kernel), where 128-key steps spill.
+    new_kv: k_new/v_new are read (at head dim 256 its 32-key steps spill: 16-key steps, 8 warps
+    from 64 rows; spill-free, not yet timed)."""
     rows = max_seqlen_q * group
     if dtype == torch.float32:
         block_m = max(16 if rows <= 16 else 32, triton.next_power_of_2(group))
@@ -83,6 +86,8 @@ def default_unified_config(
     while block_m < min(rows, 128):
         block_m *= 2
     block_m = max(block_m, triton.next_power_of_2(group))
+    if head_dim_pad >= 256 and new_kv:
+        return UnifiedConfig(block_m, 16, 8 if block_m >= 64 else 4, 2)
     if head_dim_pad >= 256:
         return UnifiedConfig(block_m, 32, 8 if block_m >= 128 else 4, 2)
     wide = block_m >= 128 and not (fp8_cache or window_or_sinks or two_sources)
@@ -188,8 +193,8 @@ def _attend_tile(
         )  # fmt: skip
 
 
-@triton.jit
-def _unified_attention_program(
+@triton.jit(do_not_specialize=["num_seqs", "first_seq", "window", "stride_bt_seq"])
+def _unified_attention_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
     v_cache_ptr,
@@ -203,6 +208,7 @@ def _unified_attention_program(
     softmax_scale,
     window,
     num_seqs,
+    first_seq,  # sequences before it in the three metadata tensors belong to another launch
     stride_q_tok,
     stride_q_head,
     stride_o_tok,
@@ -236,8 +242,11 @@ def _unified_attention_program(
     USE_NEW_KV: tl.constexpr,  # read keys >= context_before from k_new/v_new
     CACHE_KEYS: tl.constexpr,  # read keys from the cache (USE_NEW_KV: some sequence has a prefix)
 ):
-    """One query tile of one KV head (module docstring). Entered through the two kernels below:
-    two entry points rather than a flag on one, so the paged kernel keeps its signature."""
+    """One query tile of one KV head (module docstring)."""
+    # Offsetting here rather than slicing on the host: Triton specializes on pointer alignment.
+    block_tables_ptr += first_seq * stride_bt_seq
+    seq_lens_ptr += first_seq
+    cu_seqlens_q_ptr += first_seq
     # Highest tiles first: under the causal mask the last tiles of a sequence see the most keys,
     # so launching them first leaves the light ones for the tail of the grid.
     tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -316,121 +325,6 @@ def _unified_attention_program(
     )
 
 
-@triton.jit(do_not_specialize=["num_seqs", "first_seq", "window", "stride_bt_seq"])
-def _unified_attention_kernel(
-    q_ptr,  # [T, Hq, D]
-    k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
-    v_cache_ptr,
-    out_ptr,  # [T, Hq, D]
-    block_tables_ptr,  # [num_seqs, max_blocks] int32
-    seq_lens_ptr,  # [num_seqs] int32
-    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
-    sinks_ptr,  # [Hq] or unused
-    k_scale_ptr,  # [1] fp32 or unused
-    v_scale_ptr,
-    softmax_scale,
-    window,
-    num_seqs,
-    first_seq,  # sequences before it in the three metadata tensors belong to another launch
-    stride_q_tok,
-    stride_q_head,
-    stride_o_tok,
-    stride_o_head,
-    stride_k_block,
-    stride_k_tok,
-    stride_k_head,
-    stride_v_block,
-    stride_v_tok,
-    stride_v_head,
-    stride_bt_seq,
-    GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    D_PAD: tl.constexpr,
-    USE_WINDOW: tl.constexpr,
-    HAS_SINKS: tl.constexpr,
-    HAS_K_SCALE: tl.constexpr,
-    HAS_V_SCALE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    CPU_BF16: tl.constexpr,
-):
-    """Every key from the paged cache."""
-    _unified_attention_program(
-        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr + first_seq * stride_bt_seq,
-        seq_lens_ptr + first_seq, cu_seqlens_q_ptr + first_seq, sinks_ptr, k_scale_ptr,
-        v_scale_ptr, softmax_scale, window, num_seqs,
-        stride_q_tok, stride_q_head, stride_o_tok, stride_o_head, stride_k_block, stride_k_tok,
-        stride_k_head, stride_v_block, stride_v_tok, stride_v_head, stride_bt_seq,
-        k_cache_ptr, v_cache_ptr, 0, 0, 0, 0,
-        GROUP, BLOCK_M, BLOCK_Q, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, USE_WINDOW, HAS_SINKS,
-        HAS_K_SCALE, HAS_V_SCALE, DOT_PRECISION, CPU_BF16, False, True,
-    )  # fmt: skip
-
-
-@triton.jit(do_not_specialize=["num_seqs", "first_seq", "window", "stride_bt_seq"])
-def _unified_attention_new_kv_kernel(
-    q_ptr,  # [T, Hq, D]
-    k_cache_ptr,  # [num_blocks, BLOCK_SIZE, Hkv, D]
-    v_cache_ptr,
-    out_ptr,  # [T, Hq, D]
-    block_tables_ptr,  # [num_seqs, max_blocks] int32
-    seq_lens_ptr,  # [num_seqs] int32
-    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
-    sinks_ptr,  # [Hq] or unused
-    k_scale_ptr,  # [1] fp32 or unused
-    v_scale_ptr,
-    softmax_scale,
-    window,
-    num_seqs,
-    first_seq,  # sequences before it in the three metadata tensors belong to another launch
-    stride_q_tok,
-    stride_q_head,
-    stride_o_tok,
-    stride_o_head,
-    stride_k_block,
-    stride_k_tok,
-    stride_k_head,
-    stride_v_block,
-    stride_v_tok,
-    stride_v_head,
-    stride_bt_seq,
-    k_new_ptr,  # [T, Hkv, D] this step's keys, rows aligned with q (USE_NEW_KV)
-    v_new_ptr,
-    stride_kn_tok,
-    stride_kn_head,
-    stride_vn_tok,
-    stride_vn_head,
-    GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    D_PAD: tl.constexpr,
-    USE_WINDOW: tl.constexpr,
-    HAS_SINKS: tl.constexpr,
-    HAS_K_SCALE: tl.constexpr,
-    HAS_V_SCALE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    CPU_BF16: tl.constexpr,
-    CACHED_PREFIX: tl.constexpr,  # False: no sequence has keys before its new ones (no cache read)
-):
-    """The prefix from the paged cache, the new tokens' keys from k_new/v_new."""
-    _unified_attention_program(
-        q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr + first_seq * stride_bt_seq,
-        seq_lens_ptr + first_seq, cu_seqlens_q_ptr + first_seq, sinks_ptr, k_scale_ptr,
-        v_scale_ptr, softmax_scale, window, num_seqs,
-        stride_q_tok, stride_q_head, stride_o_tok, stride_o_head, stride_k_block, stride_k_tok,
-        stride_k_head, stride_v_block, stride_v_tok, stride_v_head, stride_bt_seq,
-        k_new_ptr, v_new_ptr, stride_kn_tok, stride_kn_head, stride_vn_tok, stride_vn_head,
-        GROUP, BLOCK_M, BLOCK_Q, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, USE_WINDOW, HAS_SINKS,
-        HAS_K_SCALE, HAS_V_SCALE, DOT_PRECISION, CPU_BF16, True, CACHED_PREFIX,
-    )  # fmt: skip
-
-
 def unified_attention(
     q: torch.Tensor,  # [T, Hq, D] fp16 / bf16 / fp32, last dim contiguous
     key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D] q's dtype or fp8 e4m3
@@ -470,6 +364,7 @@ def unified_attention(
     cfg = config or default_unified_config(
         max_seqlen_q, group, d_pad, q.dtype, key_cache.element_size() == 1,
         sliding_window is not None or sinks is not None, k_new is not None and cached_prefix,
+        k_new is not None,
     )  # fmt: skip
     if cfg.block_m < group or cfg.block_m & (cfg.block_m - 1) or cfg.block_m < 16:
         raise ValueError(f"block_m={cfg.block_m} must be a power of two >= max(16, GROUP={group})")
@@ -480,12 +375,10 @@ def unified_attention(
     dot_precision, cpu_bf16 = dot_settings(q)
     dummy = seq_lens  # any device tensor, for pointer arguments that a constexpr flag disables
     if k_new is None:
-        kernel, new_kv, flags = _unified_attention_kernel, (), {}
+        new_kv = (key_cache, value_cache, 0, 0, 0, 0)  # not read
     else:
-        kernel = _unified_attention_new_kv_kernel
         new_kv = (k_new, v_new, k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
-        flags = dict(CACHED_PREFIX=cached_prefix)
-    kernel[grid](
+    _unified_attention_kernel[grid](
         q, key_cache, value_cache, out, block_tables, seq_lens, cu_seqlens_q,
         dummy if sinks is None else sinks,
         dummy if k_scale is None else k_scale,
@@ -499,7 +392,8 @@ def unified_attention(
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
-        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, **flags,
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_NEW_KV=k_new is not None,
+        CACHE_KEYS=k_new is None or cached_prefix,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out

@@ -43,6 +43,7 @@ class Variant:
     window: bool = False
     sinks: bool = False
     scales: bool = False
+    keys: str = "cache"  # unified: "cache", "new" (k_new/v_new only) or "new+cache" (a prefix too)
 
 
 # The default configs of each path (attention_unified / attention_decode), one per feature.
@@ -60,6 +61,21 @@ VARIANTS = [
     Variant("mixed rows fp16 d64 group 8", "unified", "fp16", "fp16", 64, 8, 16, 64, 4, 3),
     Variant("prefill fp32 d64 group 3", "unified", "fp32", "fp32", 64, 3, 32, 32, 8, 1),
     Variant("prefill bf16 d80", "unified", head_dim=80, block_n=128),
+    Variant("prefill bf16 d128, new K/V", "unified", block_n=128, keys="new"),
+    Variant("chunked prefill bf16 d128, new K/V + cache", "unified", keys="new+cache"),
+    Variant("prefill bf16 d80, new K/V", "unified", head_dim=80, block_n=128, keys="new"),
+    Variant(
+        "prefill bf16 d256, new K/V", "unified", head_dim=256, block_n=16, num_stages=2, keys="new"
+    ),  # fmt: skip
+    Variant(
+        "chunked prefill bf16 d256, new K/V + cache",
+        "unified",
+        head_dim=256,
+        block_m=64,
+        block_n=16,
+        num_stages=2,
+        keys="new+cache",
+    ),  # fmt: skip
     Variant("prefill bf16 d256", "unified", head_dim=256, block_n=32, num_stages=2),
     Variant(
         "prefill bf16 d192 mha (MLA naive)",
@@ -105,6 +121,7 @@ def _signature(fn, v: Variant, constexprs: dict, target: GPUTarget) -> tuple[dic
     cache = "fp8e4b8" if v.cache == "fp8e4nv" and target.backend == "hip" else v.cache
     pointer_types = {
         "q_ptr": v.dtype, "out_ptr": v.dtype, "k_cache_ptr": cache, "v_cache_ptr": cache,
+        "k_new_ptr": v.dtype, "v_new_ptr": v.dtype,
         "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "sinks_ptr": "fp32",
         "k_scale_ptr": "fp32", "v_scale_ptr": "fp32",
     }  # fmt: skip
@@ -134,8 +151,9 @@ def _kernel_and_constexprs(v: Variant, target: GPUTarget):
                      USE_WINDOW=v.window, HAS_K_SCALE=v.scales)  # fmt: skip
     if v.kernel == "unified":
         return _unified_attention_kernel, dict(
-            attention, BLOCK_M=v.block_m, BLOCK_Q=v.block_m // v.group
-        )
+            attention, BLOCK_M=v.block_m, BLOCK_Q=v.block_m // v.group,
+            USE_NEW_KV=v.keys != "cache", CACHE_KEYS=v.keys != "new",
+        )  # fmt: skip
     if v.kernel == "decode":
         group_pad = max(16, triton.next_power_of_2(v.group))
         return _decode_split_kernel, dict(
