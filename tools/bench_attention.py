@@ -196,7 +196,9 @@ def bench_prefill(shape, device, new_tokens, prefix, sweep=True) -> dict:
     k_new, v_new = new_kv_views(b, h)
 
     def call(cfg, read):
-        new_kv = dict(k_new=k_new, v_new=v_new) if read == "contiguous" else {}
+        new_kv = {}
+        if read == "contiguous":  # both sources when there is a prefix (not the default)
+            new_kv = dict(k_new=k_new, v_new=v_new, new_kv_with_prefix=True)
         return lambda: paged_attention(b.q, b.key_cache, b.value_cache, b.meta, scale,
                                        unified_config=cfg, **new_kv)  # fmt: skip
 

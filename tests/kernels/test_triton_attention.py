@@ -235,17 +235,36 @@ def test_new_kv_read_contiguously(query_lens, seq_lens, heads, head_dim, dtype, 
     leading = next(i for i, q_len in enumerate(query_lens) if q_len != 1)
     k_new, v_new, new_slots = new_kv(batch, unread_seqs=leading)
     sinks = torch.linspace(-2, 2, heads[0], device=DEVICE) if use_sinks else None
+    # With a cached prefix the dispatcher reads the cache unless asked for both sources.
     kwargs = dict(window=window, sinks=sinks, scale=head_dim**-0.5, k_new=k_new, v_new=v_new,
-                  unified_config=cfg and UnifiedConfig(*cfg))  # fmt: skip
+                  unified_config=cfg and UnifiedConfig(*cfg), new_kv_with_prefix=True)  # fmt: skip
     clean = check_against_reference(batch, dtype, **kwargs)
     rows = new_slots[new_slots >= 0]
     batch.key_cache.view(-1, *batch.key_cache.shape[2:])[rows] = float("nan")
     batch.value_cache.view(-1, *batch.value_cache.shape[2:])[rows] = float("nan")
     poisoned = paged_attention(batch.q, batch.key_cache, batch.value_cache, batch.meta,
                                head_dim**-0.5, window, sinks, k_new=k_new, v_new=v_new,
-                               unified_config=kwargs["unified_config"])  # fmt: skip
+                               unified_config=kwargs["unified_config"],
+                               new_kv_with_prefix=True)  # fmt: skip
     n = batch.num_real_tokens
     torch.testing.assert_close(poisoned[:n], clean[:n], rtol=0, atol=0)
+
+
+def test_new_kv_ignored_with_a_cached_prefix_by_default():
+    """A step where a sequence continues a cached prefix reads the cache (measured faster), so
+    k_new/v_new full of NaN change nothing; a prefill without prefix does read them."""
+    batch = make_paged_batch([1, 13, 7], [9, 83, 40], 8, 2, 64, 16, torch.float16, device=DEVICE)
+    nan = torch.full((batch.q.shape[0], 2, 64), float("nan"), dtype=batch.q.dtype, device=DEVICE)
+    args = (batch.q, batch.key_cache, batch.value_cache, batch.meta, 0.125)
+    plain = paged_attention(*args)
+    with_new = paged_attention(*args, k_new=nan, v_new=nan)
+    n = batch.num_real_tokens
+    torch.testing.assert_close(with_new[:n], plain[:n], rtol=0, atol=0)
+    fresh = make_paged_batch([20], [20], 8, 2, 64, 16, torch.float16, device=DEVICE)
+    nan = torch.full((20, 2, 64), float("nan"), dtype=torch.float16, device=DEVICE)
+    out = paged_attention(fresh.q, fresh.key_cache, fresh.value_cache, fresh.meta, 0.125,
+                          k_new=nan, v_new=nan)  # fmt: skip
+    assert out[:20].isnan().all()
 
 
 def test_new_kv_without_host_copies():
