@@ -10,6 +10,7 @@ import pytest
 
 from atom import SamplingParams
 from atom.engine.outputs import RequestOutput
+from atom.engine.startup_steps import profile_forward, warm_up_kernels, warm_up_shapes
 
 PROMPT = [1500, 2300, 880, 41000, 77, 9000, 123]
 
@@ -209,6 +210,22 @@ def test_profile_forward_of_the_gpu_sizing_runs_and_keeps_the_cache(make_engine)
                          block_size=4)  # fmt: skip
     sp = SamplingParams(temperature=0, max_tokens=5)
     before = engine.generate([PROMPT], sp)[0]["token_ids"]
-    engine.runner._profile_forward()
+    profile_forward(engine.runner)
     after = engine.generate([PROMPT], sp)[0]
     assert after["num_cached_tokens"] == 4 and after["token_ids"] == before  # the cache survived
+
+
+def test_kernel_warm_up_shapes_and_run(make_engine):
+    """The GPU warm-up's steps: one per tile height, alone and after a decode over a cached
+    prefix; run here on the CPU, before any request, the engine then serves as usual."""
+    assert warm_up_shapes(16384, 4096, group=2) == [
+        [(256, 0)], [(8, 0)], [(16, 0)], [(32, 0)],
+        [(1, 256), (256, 256)], [(1, 256), (8, 256)], [(1, 256), (16, 256)], [(1, 256), (32, 256)],
+    ]  # fmt: skip
+    assert warm_up_shapes(16384, 4096, group=128) == [[(256, 0)], [(1, 256), (256, 256)]]
+    assert warm_up_shapes(2, 4096, group=4) == []  # a 1-token budget has no prompt steps
+    engine = make_engine(block_size=4)
+    sp = SamplingParams(temperature=0, max_tokens=5)
+    fresh = make_engine(block_size=4).generate([PROMPT], sp)[0]["token_ids"]
+    warm_up_kernels(engine.runner)
+    assert engine.generate([PROMPT], sp)[0]["token_ids"] == fresh

@@ -17,7 +17,8 @@ this step, plus the positions whose next-token distribution is a requested promp
 The KV cache (one K and one V tensor per attention layer, [num_blocks, block_size, num_kv_heads,
 head_dim]) is allocated here. Its size: ``num_kv_blocks`` if given; on the CPU
 ``cpu_kv_cache_bytes``; on a GPU, what ``gpu_memory_utilization`` of the device leaves after the
-weights and the peak activation memory of a profile forward at full batch size.
+weights and the peak activation memory of a profile forward at full batch size
+(atom.engine.startup_steps, which also warms the JIT kernels up on a GPU).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from atom.engine.input_buffers import HostStaging
 from atom.engine.sampler import Sampler, SamplerOutput, token_logprobs
 from atom.engine.scheduler import ScheduledSeq, SchedulerOutput
 from atom.engine.sequence import Sequence
+from atom.engine.startup_steps import profile_forward, warm_up_kernels
 from atom.forward_context import AttentionMetadata
 from atom.platforms import current_platform
 
@@ -129,7 +131,7 @@ class ModelRunner:
             self.num_blocks * self.bytes_per_block / 2**20, self.kv_dtype, self.device,
         )  # fmt: skip
         if self.device.type == "cuda":
-            self._warm_up_kernels()
+            warm_up_kernels(self)
         self.fast_path = self._setup_fast_path()
         logger.info("decode fast path: %s", self.fast_path)
 
@@ -198,7 +200,7 @@ class ModelRunner:
         peak memory of a forward over a full batch (max_num_batched_tokens tokens)."""
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        self._profile_forward()
+        profile_forward(self)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
@@ -214,85 +216,6 @@ class ModelRunner:
                 "max_num_batched_tokens"
             )
         return num_blocks
-
-    @torch.inference_mode()
-    def _profile_forward(self) -> None:
-        cfg = self.config
-        num_tokens = min(cfg.max_num_batched_tokens, cfg.max_num_seqs * cfg.max_model_len)
-        num_seqs = min(cfg.max_num_seqs, num_tokens)
-        lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
-        blocks_per_seq = [-(-n // self.block_size) for n in lens]
-        caches = self._allocate_kv_cache(sum(blocks_per_seq))
-        tables, next_block = [], 0
-        for nb in blocks_per_seq:
-            tables.append(list(range(next_block, next_block + nb)))
-            next_block += nb
-        step = self._build_step_input(
-            input_ids=[0] * num_tokens,
-            positions=[p for n in lens for p in range(n)],
-            query_lens=lens,
-            seq_lens=lens,
-            block_tables=tables,
-            slots=[
-                t[p // self.block_size] * self.block_size + p % self.block_size
-                for t, n in zip(tables, lens)
-                for p in range(n)
-            ],  # fmt: skip
-            logits_rows=[sum(lens[: i + 1]) - 1 for i in range(num_seqs)],
-            sample_seqs=[],
-        )
-        self.execute(step)
-        del caches
-        # Unbind the profile caches so that their memory is freed (rebind the real ones, if any).
-        if getattr(self, "kv_caches", None):
-            for layer, (k, v) in zip(self.attn_layers, self.kv_caches):
-                layer.bind_kv_cache(k, v, self._kv_scale, self._kv_scale)
-        else:
-            self._allocate_kv_cache(0)
-
-    def _warm_up_kernels(self) -> None:
-        """Compiles the JIT kernels of the step shapes that the memory-profiling forward (short
-        prompts) and the decode graphs (decode-only batches) do not reach, so that the first real
-        requests do not wait for them (seconds each on a GPU): prompts without a cached prefix, and
-        steps mixing a decode with a prompt chunk that continues a cached prefix, long and short.
-        The steps write KV blocks from block 0 up; no block is in use yet, and a block is always
-        written before it is read, so the values they leave are never seen."""
-        bs = self.block_size
-        chunk = min(256, self.config.max_num_batched_tokens - 1, self.config.max_model_len // 2)
-        if chunk < 2 or self.num_blocks * bs < 3 * chunk + 2:
-            return
-        # The prefill kernel's tile height follows the longest chunk of the step (rows = tokens x
-        # the GQA group, 16..128), so short chunks get their own compiled variants too.
-        group = max(layer.num_heads // layer.num_kv_heads for layer in self.attn_layers)
-        short = sorted({rows // group for rows in (16, 32, 64)} - {0, 1})
-        shapes = [[(chunk, 0)], [(1, chunk), (chunk, chunk)]]
-        shapes += [[(q, 0)] for q in short if q < chunk] + [
-            [(1, chunk), (q, chunk)] for q in short if q < chunk
-        ]
-        # (new tokens, context before them) per sequence, blocks laid out one after the other
-        for shape in shapes:
-            tables, next_block = [], 0
-            for n, before in shape:
-                used = -(-(n + before) // bs)
-                tables.append(list(range(next_block, next_block + used)))
-                next_block += used
-            query_lens = [n for n, _ in shape]
-            seq_lens = [n + before for n, before in shape]
-            positions = [p for n, before in shape for p in range(before, before + n)]
-            slots = [
-                t[p // bs] * bs + p % bs
-                for t, (n, before) in zip(tables, shape)
-                for p in range(before, before + n)
-            ]  # fmt: skip
-            step = self._build_step_input(
-                input_ids=[0] * len(positions), positions=positions, query_lens=query_lens,
-                seq_lens=seq_lens, block_tables=tables, slots=slots,
-                logits_rows=[sum(query_lens[: i + 1]) - 1 for i in range(len(shape))],
-                sample_seqs=[],
-            )  # fmt: skip
-            self.execute(step)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         caches = []
