@@ -11,8 +11,9 @@
    scaled_dot_product_attention on the same K/V as dense tensors (the faster of: K/V expanded to
    Hq heads, enable_gqa). Target >= 0.8x. Sweeps PREFILL_CANDIDATES twice: "paged" reads every
    key through the block table, "contiguous" reads the new tokens' K/V from k_new/v_new (strided
-   views of one qkv-like buffer, as the attention layer passes them); also a chunked-prefill row
-   (1024 new tokens after 3072 cached) for both reads, at the default configs.
+   views of one buffer, as the attention layer passes them; through TMA descriptors on sm90+
+   unless ATOM_ATTN_TMA=0); also a chunked-prefill row (1024 new tokens after 3072 cached) for
+   both reads, at the default configs.
 Each timed kernel's output is checked against the reference (decode) or SDPA (prefill).
 Prints a table (which config wins); writes JSON to benchmarks/results/ and to $OUT when set.
 
@@ -42,7 +43,7 @@ from atom.kernels.triton import DecodeConfig, UnifiedConfig, paged_attention  # 
 from atom.kernels.triton.attention_decode import default_decode_config  # noqa: E402
 from atom.kernels.triton.attention_unified import default_unified_config  # noqa: E402
 from atom.kernels.triton.paged_attention import _num_sms  # noqa: E402
-from atom.kernels.triton.paged_testing import make_paged_batch  # noqa: E402
+from atom.kernels.triton.paged_testing import make_paged_batch, new_kv_views  # noqa: E402
 from bench_common import (  # noqa: E402
     copy_bandwidth_gbps,
     file_slug,
@@ -152,17 +153,6 @@ def bench_decode(
     }  # fmt: skip
 
 
-def new_kv_views(b, heads: int):
-    """This step's K/V as the attention layer hands them over: [T, Hkv, D] strided views of a
-    [T, Hq + 2 Hkv, D] qkv buffer, filled from the cache's new slots."""
-    num_tokens, (_, _, hkv, d) = b.q.shape[0], b.key_cache.shape
-    qkv = torch.zeros(num_tokens, heads + 2 * hkv, d, dtype=b.q.dtype, device=b.q.device)
-    slots = b.meta.slot_mapping[:num_tokens]
-    qkv[:, heads : heads + hkv] = b.key_cache.view(-1, hkv, d)[slots]
-    qkv[:, heads + hkv :] = b.value_cache.view(-1, hkv, d)[slots]
-    return qkv[:, heads : heads + hkv], qkv[:, heads + hkv :]
-
-
 def bench_prefill(shape, device, new_tokens, prefix, sweep=True) -> dict:
     h, hkv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
     total = new_tokens + prefix
@@ -193,7 +183,7 @@ def bench_prefill(shape, device, new_tokens, prefix, sweep=True) -> dict:
         if r:
             sdpa_ms[name] = r[0]
     sdpa_best = min(sdpa_ms, key=sdpa_ms.get)
-    k_new, v_new = new_kv_views(b, h)
+    k_new, v_new, _ = new_kv_views(b)
 
     def call(cfg, read):
         new_kv = {}

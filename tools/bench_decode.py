@@ -230,7 +230,7 @@ def graph_replay_ms(engine, iters: int = 100) -> float | None:
     return 1e3 * (time.perf_counter() - start) / iters
 
 
-def kernel_breakdown(engine, prompt: list[int], steps: int = 4, top: int = 12) -> list[dict]:
+def kernel_breakdown(engine, prompt: list[int], steps: int = 4, top: int = 30) -> list[dict]:
     """The GPU kernels of one eager decode step (torch.profiler over ``steps`` steps after the
     prefill): name, launches per step, microseconds per step, the top ``top`` by time, and a
     last row with the totals."""

@@ -14,6 +14,8 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 | ATOM_PDL=0                 | Triton and native kernels launch without programmatic dependent  |
 |                            | launch (atom/kernels/triton/pdl.py, csrc/gpu/pdl.cuh; on by      |
 |                            | default on sm90+ CUDA; the native side reads it once per process)|
+| ATOM_ATTN_TMA=0            | prefill attention reads the step's new K/V through pointers, not |
+|                            | TMA tensor descriptors (attention_unified.descriptors_usable)    |
 """
 
 from __future__ import annotations
@@ -65,3 +67,9 @@ def pdl() -> bool:
     """Programmatic dependent launch for Triton and native kernels (default on; ``ATOM_PDL=0``
     turns it off; csrc/gpu/pdl.cuh parses the variable the same way)."""
     return os.environ.get("ATOM_PDL", "1").strip().lower() in _TRUE
+
+
+def attn_tma() -> bool:
+    """Prefill attention reads contiguous new K/V through TMA descriptors where it can (default
+    on; ``ATOM_ATTN_TMA=0`` for the pointer loads)."""
+    return os.environ.get("ATOM_ATTN_TMA", "1").strip().lower() in _TRUE

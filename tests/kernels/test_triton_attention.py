@@ -23,7 +23,12 @@ from atom.kernels.triton import (
     paged_attention,
     paged_decode_attention,
 )
-from atom.kernels.triton.paged_testing import SENTINEL, check_against_reference, make_paged_batch
+from atom.kernels.triton.paged_testing import (
+    SENTINEL,
+    check_against_reference,
+    make_paged_batch,
+    new_kv_views,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -194,22 +199,6 @@ def test_registered_for_cuda_only():
     assert registry.get("paged_attention", "triton") is paged_attention
 
 
-def new_kv(batch, unread_seqs=0):
-    """(k_new, v_new): this step's K/V as the cache holds them, as strided views of one
-    [T, 2, Hkv, D] buffer (like k, v of a fused qkv output). Rows no kernel may take from them
-    hold NaN: padding tokens, and the new tokens of the first unread_seqs sequences (leading
-    decodes: the decode kernel reads the cache)."""
-    m, (_, _, hkv, d) = batch.meta, batch.key_cache.shape
-    buf = torch.full((batch.q.shape[0], 2, hkv, d), float("nan"), dtype=batch.q.dtype,
-                     device=batch.q.device)  # fmt: skip
-    slots = m.slot_mapping.clone()
-    slots[: m.cu_seqlens_q[unread_seqs]] = -1
-    rows = slots >= 0
-    for i, cache in enumerate((batch.key_cache, batch.value_cache)):
-        buf[rows, i] = cache.view(-1, hkv, d)[slots[rows]].to(batch.q.dtype)
-    return buf[:, 0], buf[:, 1], slots
-
-
 NEW_KV_CASES = [  # query_lens, seq_lens, (Hq, Hkv), head_dim, dtype, window, sinks, config
     ([83], [83], (8, 2), 64, torch.float16, None, False, (16, 16, 4, 2)),  # prefill, no prefix
     ([83], [83], (8, 1), 64, torch.bfloat16, None, False, (64, 32, 4, 3)),  # MQA (group 8)
@@ -233,7 +222,7 @@ def test_new_kv_read_contiguously(query_lens, seq_lens, heads, head_dim, dtype, 
     batch = make_paged_batch(query_lens, seq_lens, *heads, head_dim, 16, dtype,
                              num_padding_tokens=2, device=DEVICE)  # fmt: skip
     leading = next(i for i, q_len in enumerate(query_lens) if q_len != 1)
-    k_new, v_new, new_slots = new_kv(batch, unread_seqs=leading)
+    k_new, v_new, new_slots = new_kv_views(batch, unread_seqs=leading)
     sinks = torch.linspace(-2, 2, heads[0], device=DEVICE) if use_sinks else None
     # With a cached prefix the dispatcher reads the cache unless asked for both sources.
     kwargs = dict(window=window, sinks=sinks, scale=head_dim**-0.5, k_new=k_new, v_new=v_new,
@@ -246,6 +235,35 @@ def test_new_kv_read_contiguously(query_lens, seq_lens, heads, head_dim, dtype, 
                                head_dim**-0.5, window, sinks, k_new=k_new, v_new=v_new,
                                unified_config=kwargs["unified_config"],
                                new_kv_with_prefix=True)  # fmt: skip
+    n = batch.num_real_tokens
+    torch.testing.assert_close(poisoned[:n], clean[:n], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", [0, 1, 3, 4, 6, 8])
+def test_new_kv_through_tensor_descriptors(case, monkeypatch):
+    """The TMA path (k_new/v_new read through tensor descriptors, as Hopper takes it), run under
+    the interpreter on the cases above whose layout allows descriptors (16-bit, head dim a power
+    of two): matches the reference with NaN in k_new's padding rows, and NaN in the cache's new
+    rows changes nothing."""
+    from atom.kernels.triton import attention_unified
+
+    monkeypatch.setattr(attention_unified, "_tma_device", lambda device: True)
+    query_lens, seq_lens, heads, head_dim, dtype, window, use_sinks, cfg = NEW_KV_CASES[case]
+    batch = make_paged_batch(query_lens, seq_lens, *heads, head_dim, 16, dtype,
+                             num_padding_tokens=2, device=DEVICE)  # fmt: skip
+    leading = next(i for i, q_len in enumerate(query_lens) if q_len != 1)
+    k_new, v_new, new_slots = new_kv_views(batch, unread_seqs=leading)
+    assert attention_unified.descriptors_usable(k_new, v_new, head_dim)
+    sinks = torch.linspace(-2, 2, heads[0], device=DEVICE) if use_sinks else None
+    kwargs = dict(k_new=k_new, v_new=v_new, unified_config=cfg and UnifiedConfig(*cfg),
+                  new_kv_with_prefix=True)  # fmt: skip
+    clean = check_against_reference(batch, dtype, window=window, sinks=sinks,
+                                    scale=head_dim**-0.5, **kwargs)  # fmt: skip
+    rows = new_slots[new_slots >= 0]
+    batch.key_cache.view(-1, *batch.key_cache.shape[2:])[rows] = float("nan")
+    batch.value_cache.view(-1, *batch.value_cache.shape[2:])[rows] = float("nan")
+    poisoned = paged_attention(batch.q, batch.key_cache, batch.value_cache, batch.meta,
+                               head_dim**-0.5, window, sinks, **kwargs)  # fmt: skip
     n = batch.num_real_tokens
     torch.testing.assert_close(poisoned[:n], clean[:n], rtol=0, atol=0)
 
@@ -270,7 +288,7 @@ def test_new_kv_ignored_with_a_cached_prefix_by_default():
 def test_new_kv_without_host_copies():
     """No host copies of the lengths: the kernel cannot skip the cache, the result is the same."""
     batch = make_paged_batch([40, 9], [40, 30], 8, 2, 64, 16, torch.float16, device=DEVICE)
-    k_new, v_new, _ = new_kv(batch)
+    k_new, v_new, _ = new_kv_views(batch)
     batch.meta.query_lens_cpu = batch.meta.seq_lens_cpu = None
     check_against_reference(batch, torch.float16, k_new=k_new, v_new=v_new,
                             unified_config=UnifiedConfig(16, 16, 4, 2))  # fmt: skip
@@ -296,7 +314,7 @@ def test_new_kv_ignored(lens, cache_dtype):
 def test_new_kv_input_checks():
     batch = make_paged_batch([1, 3], [4, 9], 4, 2, 64, 16, torch.float16, device=DEVICE)
     args = (batch.q, batch.key_cache, batch.value_cache, batch.meta, 0.3)
-    k_new, v_new, _ = new_kv(batch)
+    k_new, v_new, _ = new_kv_views(batch)
     with pytest.raises(ValueError, match="together"):
         paged_attention(*args, k_new=k_new)
     with pytest.raises(ValueError, match="k_new"):
@@ -325,7 +343,7 @@ def test_gpu_new_kv(heads, head_dim, window, use_sinks):
     query_lens, seq_lens = [1] * 8 + [1500, 700], [300 + 97 * i for i in range(8)] + [1500, 2733]
     batch = make_paged_batch(query_lens, seq_lens, *heads, head_dim, 16, torch.bfloat16,
                              num_padding_tokens=5, device=DEVICE)  # fmt: skip
-    k_new, v_new, new_slots = new_kv(batch, unread_seqs=8)
+    k_new, v_new, new_slots = new_kv_views(batch, unread_seqs=8)
     sinks = torch.randn(heads[0], device=DEVICE) * 2 if use_sinks else None
     kwargs = dict(window=window, sinks=sinks, scale=head_dim**-0.5)
     clean = check_against_reference(batch, torch.bfloat16, k_new=k_new, v_new=v_new, **kwargs)
@@ -358,6 +376,6 @@ def test_property_matches_reference(seqs, group, block_size, window, use_sinks, 
     batch = make_paged_batch(query_lens, seq_lens, num_kv_heads * group, num_kv_heads, 32,
                              block_size, dtype, num_padding_tokens=1, device=DEVICE)  # fmt: skip
     sinks = torch.linspace(-2, 2, num_kv_heads * group, device=DEVICE) if use_sinks else None
-    k_new, v_new, _ = new_kv(batch) if use_new_kv else (None, None, None)
+    k_new, v_new, _ = new_kv_views(batch) if use_new_kv else (None, None, None)
     check_against_reference(batch, dtype, window=window, sinks=sinks, k_new=k_new, v_new=v_new,
                             unified_config=UnifiedConfig(max(16, 4 * group), 16, 4, 2))  # fmt: skip

@@ -11,7 +11,12 @@ import torch
 
 from atom.kernels.reference.attention import paged_attention as reference_attention
 from atom.kernels.triton import DecodeWorkspace, default_num_splits, paged_decode_attention
-from atom.kernels.triton.paged_testing import check_against_reference, make_paged_batch
+from atom.kernels.triton.paged_attention import paged_attention
+from atom.kernels.triton.paged_testing import (
+    check_against_reference,
+    make_paged_batch,
+    new_kv_views,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -59,6 +64,36 @@ def test_gpu_matches_reference(case, dtype, cache_dtype, kind):
                              cache_dtype=cache_dtype, num_padding_tokens=5, device="cuda")  # fmt: skip
     sinks = torch.randn(num_heads, device="cuda") * 2 if use_sinks else None
     check_against_reference(batch, dtype, scale=head_dim**-0.5, window=window, sinks=sinks)
+
+
+@pytest.mark.parametrize("case, dtype", [("llama3-8b", BF16), ("gpt-oss", BF16), ("d256", BF16),
+                                         ("d80-mha", FP16), ("llama3-8b", FP32)])  # fmt: skip
+@pytest.mark.parametrize("tma", ["1", "0"])
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_gpu_new_kv_matches_reference(case, dtype, tma, with_prefix, monkeypatch):
+    """The prefill kernel reading this step's K/V from k_new/v_new (TMA descriptors where the
+    layout allows, ATOM_ATTN_TMA=0 for pointer loads), with NaN in k_new's padding rows and in
+    the cache's copy of the new rows; with_prefix: sequences continuing a cached prefix (the
+    two-source kernel) after leading decodes."""
+    monkeypatch.setenv("ATOM_ATTN_TMA", tma)
+    num_heads, num_kv_heads, head_dim, block_size, window, use_sinks = CASES[case]
+    prefills = [(300, 1500), (7, 3000), (517, 0)] if with_prefix else [(2048, 0), (517, 0)]
+    query_lens, seq_lens = _lens(6, 5 if with_prefix else 0, prefills, 4096)
+    batch = make_paged_batch(query_lens, seq_lens, num_heads, num_kv_heads, head_dim, block_size,
+                             dtype, num_padding_tokens=5, device="cuda")  # fmt: skip
+    leading = 5 if with_prefix else 0
+    k_new, v_new, slots = new_kv_views(batch, unread_seqs=leading)
+    sinks = torch.randn(num_heads, device="cuda") * 2 if use_sinks else None
+    kwargs = dict(k_new=k_new, v_new=v_new, new_kv_with_prefix=True)
+    clean = check_against_reference(batch, dtype, scale=head_dim**-0.5, window=window,
+                                    sinks=sinks, **kwargs)  # fmt: skip
+    rows = slots[slots >= 0]
+    for cache in (batch.key_cache, batch.value_cache):
+        cache.view(-1, *cache.shape[2:])[rows] = float("nan")
+    poisoned = paged_attention(batch.q, batch.key_cache, batch.value_cache, batch.meta,
+                               head_dim**-0.5, window, sinks, **kwargs)  # fmt: skip
+    n = batch.num_real_tokens
+    torch.testing.assert_close(poisoned[:n], clean[:n], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("num_splits", [1, 8, 32])

@@ -101,11 +101,15 @@ def attend_kv_tile(
     in_block = kv_pos % BLOCK_SIZE
     k_offs = block_ids[:, None] * stride_k_block + in_block[:, None] * stride_k_tok
     v_offs = block_ids[:, None] * stride_v_block + in_block[:, None] * stride_v_tok
-    return _softmax_step(
-        acc, m_i, l_i, q, q_pos, kv_pos, in_range, k_head_ptr + k_offs + offs_d[None, :],
-        v_head_ptr + v_offs + offs_d[None, :], window, qk_scale, offs_d, HEAD_DIM, D_PAD,
-        RANGE_MASK, POS_MASK, USE_WINDOW, DOT_PRECISION, CPU_BF16,
+    k = _load_rows(k_head_ptr + k_offs + offs_d[None, :], in_range, offs_d, HEAD_DIM, D_PAD,
+                   RANGE_MASK)  # fmt: skip
+    p, alpha, m_i, l_i = _scores(
+        m_i, l_i, q, k, q_pos, kv_pos, in_range, window, qk_scale, RANGE_MASK, POS_MASK,
+        USE_WINDOW, DOT_PRECISION, CPU_BF16,
     )  # fmt: skip
+    v = _load_rows(v_head_ptr + v_offs + offs_d[None, :], in_range, offs_d, HEAD_DIM, D_PAD,
+                   RANGE_MASK)  # fmt: skip
+    return _accumulate(acc, alpha, p, v, q.dtype, DOT_PRECISION, CPU_BF16), m_i, l_i
 
 
 @triton.jit
@@ -142,50 +146,92 @@ def attend_contiguous_kv_tile(
     in_range = (kv_pos >= kv_lo) & (kv_pos < kv_hi)
     k_ptrs = k_base_ptr + tl.cast(tile_start, tl.int64) * stride_k_tok
     v_ptrs = v_base_ptr + tl.cast(tile_start, tl.int64) * stride_v_tok
-    return _softmax_step(
-        acc, m_i, l_i, q, q_pos, kv_pos, in_range,
-        k_ptrs + (offs_n[:, None] * stride_k_tok + offs_d[None, :]),
-        v_ptrs + (offs_n[:, None] * stride_v_tok + offs_d[None, :]),
-        window, qk_scale, offs_d, HEAD_DIM, D_PAD, RANGE_MASK, POS_MASK, USE_WINDOW,
-        DOT_PRECISION, CPU_BF16,
+    k = _load_rows(k_ptrs + (offs_n[:, None] * stride_k_tok + offs_d[None, :]), in_range, offs_d,
+                   HEAD_DIM, D_PAD, RANGE_MASK)  # fmt: skip
+    p, alpha, m_i, l_i = _scores(
+        m_i, l_i, q, k, q_pos, kv_pos, in_range, window, qk_scale, RANGE_MASK, POS_MASK,
+        USE_WINDOW, DOT_PRECISION, CPU_BF16,
     )  # fmt: skip
+    v = _load_rows(v_ptrs + (offs_n[:, None] * stride_v_tok + offs_d[None, :]), in_range, offs_d,
+                   HEAD_DIM, D_PAD, RANGE_MASK)  # fmt: skip
+    return _accumulate(acc, alpha, p, v, q.dtype, DOT_PRECISION, CPU_BF16), m_i, l_i
 
 
 @triton.jit
-def _softmax_step(
+def attend_described_kv_tile(
     acc,
     m_i,
     l_i,
     q,
     q_pos,
-    kv_pos,  # [N] key positions of the tile
-    in_range,  # [N] kv_lo <= kv_pos < kv_hi (used under RANGE_MASK)
-    k_ptrs,  # [N, D_PAD] addresses of the tile's keys and values
-    v_ptrs,
+    k_desc,  # tensor descriptors of the [rows, Hkv * HEAD_DIM] K/V, blocks [BLOCK_N, HEAD_DIM]
+    v_desc,
+    row0,  # key j of this source is descriptor row row0 + j
+    col,  # the KV head's first column, kv_head * HEAD_DIM
+    tile_start,
+    kv_lo,
+    kv_hi,
     window,
     qk_scale,
-    offs_d,
-    HEAD_DIM: tl.constexpr,
-    D_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     RANGE_MASK: tl.constexpr,
     POS_MASK: tl.constexpr,
     USE_WINDOW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     CPU_BF16: tl.constexpr,
 ):
-    """Loads the K/V tile at k_ptrs/v_ptrs and folds it into (acc, m_i, l_i) (module docstring)."""
-    # Masked-off lanes are never dereferenced, so unread slots may hold NaN or junk block ids.
+    """attend_contiguous_kv_tile through tensor descriptors (TMA on Hopper+): the copy engine
+    moves each tile into shared memory, so no address registers and no per-thread loads. Rows
+    past the tensor's end arrive as zeros; rows of other sequences inside it are real keys,
+    masked like any key outside [kv_lo, kv_hi). Padding rows of a step may hold anything
+    (NaN included), so under RANGE_MASK the values outside the range are zeroed: p = 0 there,
+    and 0 * NaN would poison the P.V dot."""
+    kv_pos = tile_start + tl.arange(0, BLOCK_N)
+    in_range = (kv_pos >= kv_lo) & (kv_pos < kv_hi)
+    k = k_desc.load([row0 + tile_start, col])
+    p, alpha, m_i, l_i = _scores(
+        m_i, l_i, q, k, q_pos, kv_pos, in_range, window, qk_scale, RANGE_MASK, POS_MASK,
+        USE_WINDOW, DOT_PRECISION, CPU_BF16,
+    )  # fmt: skip
+    v = v_desc.load([row0 + tile_start, col])
+    if RANGE_MASK:
+        v = tl.where(in_range[:, None], v, 0.0)
+    return _accumulate(acc, alpha, p, v, q.dtype, DOT_PRECISION, CPU_BF16), m_i, l_i
+
+
+@triton.jit
+def _load_rows(ptrs, in_range, offs_d, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+               RANGE_MASK: tl.constexpr):  # fmt: skip
+    """A [N, D_PAD] tile of K or V. Masked-off lanes are never dereferenced, so unread slots may
+    hold NaN or junk block ids."""
     if RANGE_MASK:
         if D_PAD != HEAD_DIM:
-            load_mask = in_range[:, None] & (offs_d[None, :] < HEAD_DIM)
-        else:
-            load_mask = in_range[:, None]
-        k = tl.load(k_ptrs, mask=load_mask, other=0.0)
+            return tl.load(ptrs, mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        return tl.load(ptrs, mask=in_range[:, None], other=0.0)
     elif D_PAD != HEAD_DIM:
-        k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
     else:
-        k = tl.load(k_ptrs)
+        return tl.load(ptrs)
 
+
+@triton.jit
+def _scores(
+    m_i,
+    l_i,
+    q,
+    k,  # [N, D_PAD] the tile's keys
+    q_pos,
+    kv_pos,  # [N] key positions of the tile
+    in_range,  # [N] kv_lo <= kv_pos < kv_hi (used under RANGE_MASK)
+    window,
+    qk_scale,
+    RANGE_MASK: tl.constexpr,
+    POS_MASK: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    CPU_BF16: tl.constexpr,
+):
+    """The softmax half of a step (module docstring): p = 2^(s - m'), alpha = 2^(m - m'), m', l'."""
     k = _dot_operand(k, q.dtype, CPU_BF16)
     qk = tl.dot(_dot_operand(q, q.dtype, CPU_BF16), tl.trans(k), input_precision=DOT_PRECISION)
     if RANGE_MASK:
@@ -203,17 +249,18 @@ def _softmax_step(
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(qk * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, m_new, l_i
 
-    if RANGE_MASK:
-        v = tl.load(v_ptrs, mask=load_mask, other=0.0)
-    elif D_PAD != HEAD_DIM:
-        v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-    else:
-        v = tl.load(v_ptrs)
-    p = _dot_operand(p, q.dtype, CPU_BF16)
-    v = _dot_operand(v, q.dtype, CPU_BF16)
-    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
-    return acc, m_new, l_i
+
+@triton.jit
+def _accumulate(acc, alpha, p, v, dtype: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                CPU_BF16: tl.constexpr):  # fmt: skip
+    """acc * alpha + P.V, with the rescaled acc as the dot's accumulator: the tensor cores add
+    P.V into it in place (no separate [M, D] fp32 add, fewer live registers)."""
+    acc = acc * alpha[:, None]
+    p = _dot_operand(p, dtype, CPU_BF16)
+    v = _dot_operand(v, dtype, CPU_BF16)
+    return tl.dot(p, v, acc, input_precision=DOT_PRECISION)
 
 
 # A finite "minus infinity" for the initial running max: max(NEG_BIG, -inf) stays finite, so the

@@ -35,21 +35,29 @@ paged kernel, with affine addresses. When the host knows that no sequence has a 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from atom import envs
 from atom.kernels.triton.attention_tile import (
     NEG_BIG,
     attend_contiguous_kv_tile,
+    attend_described_kv_tile,
     attend_kv_tile,
     dot_settings,
     to_output_dtype,
 )
 
 LOG2E = tl.constexpr(1.4426950408889634)
+# Where a key source's tiles come from (_attend_tile): the paged cache through the block table,
+# consecutive rows of k_new/v_new through pointers, or the same rows through tensor descriptors.
+PAGED = tl.constexpr(0)
+ROWS = tl.constexpr(1)
+DESCRIBED = tl.constexpr(2)
 
 
 @dataclass(frozen=True)
@@ -122,15 +130,17 @@ def _attend_key_range(
     p1,  # the tile's last row position
     window,
     qk_scale,
-    k_ptr,  # paged: the caches at this KV head; contiguous: the source's key 0
+    k_ptr,  # PAGED: the caches at this KV head; ROWS: the source's key 0; DESCRIBED: descriptors
     v_ptr,
-    bt_ptr,  # paged: the sequence's block-table row
+    bt_ptr,  # PAGED: the sequence's block-table row
+    desc_row,  # DESCRIBED: key j is descriptor row desc_row + j, columns from desc_col
+    desc_col,
     stride_k_block,
     stride_k_tok,
     stride_v_block,
     stride_v_tok,
     offs_d,
-    CONTIGUOUS: tl.constexpr,
+    SOURCE: tl.constexpr,  # PAGED, ROWS or DESCRIBED
     BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -147,22 +157,22 @@ def _attend_key_range(
         a_end = tl.minimum(tl.maximum(all_rows_from, lo_tile), diag)
         for start in range(lo_tile, a_end, BLOCK_N):
             acc, m_i, l_i = _attend_tile(
-                acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
-                stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, CONTIGUOUS,
+                acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, desc_row, desc_col, start, lo, hi, window,
+                qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, SOURCE,
                 BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, True, USE_WINDOW, DOT_PRECISION,
                 CPU_BF16,
             )  # fmt: skip
     for start in range(a_end, diag, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
-            stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, CONTIGUOUS,
+            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, desc_row, desc_col, start, lo, hi, window,
+            qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, SOURCE,
             BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, False, False, USE_WINDOW, DOT_PRECISION,
             CPU_BF16,
         )  # fmt: skip
     for start in range(diag, hi, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
-            stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, CONTIGUOUS,
+            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, desc_row, desc_col, start, lo, hi, window,
+            qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d, SOURCE,
             BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, True, USE_WINDOW, DOT_PRECISION,
             CPU_BF16,
         )  # fmt: skip
@@ -171,14 +181,19 @@ def _attend_key_range(
 
 @triton.jit
 def _attend_tile(
-    acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, start, lo, hi, window, qk_scale,
-    stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d,
-    CONTIGUOUS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, bt_ptr, desc_row, desc_col, start, lo, hi, window,
+    qk_scale, stride_k_block, stride_k_tok, stride_v_block, stride_v_tok, offs_d,
+    SOURCE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, RANGE_MASK: tl.constexpr,
     POS_MASK: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
     CPU_BF16: tl.constexpr,
 ):  # fmt: skip
-    if CONTIGUOUS:
+    if SOURCE == DESCRIBED:
+        return attend_described_kv_tile(
+            acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, desc_row, desc_col, start, lo, hi, window,
+            qk_scale, BLOCK_N, RANGE_MASK, POS_MASK, USE_WINDOW, DOT_PRECISION, CPU_BF16,
+        )  # fmt: skip
+    elif SOURCE == ROWS:
         return attend_contiguous_kv_tile(
             acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, start, lo, hi, window, qk_scale,
             stride_k_tok, stride_v_tok, offs_d, BLOCK_N, HEAD_DIM, D_PAD, RANGE_MASK, POS_MASK,
@@ -226,6 +241,8 @@ def _unified_attention_kernel(
     stride_kn_head,
     stride_vn_tok,
     stride_vn_head,
+    k_new_desc,  # NEW_KV_DESCRIPTORS: descriptors of k_new/v_new as [T, Hkv * D], [BLOCK_N, D] blocks
+    v_new_desc,
     GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -241,6 +258,7 @@ def _unified_attention_kernel(
     CPU_BF16: tl.constexpr,
     USE_NEW_KV: tl.constexpr,  # read keys >= context_before from k_new/v_new
     CACHE_KEYS: tl.constexpr,  # read keys from the cache (USE_NEW_KV: some sequence has a prefix)
+    NEW_KV_DESCRIPTORS: tl.constexpr,  # read k_new/v_new through k_new_desc/v_new_desc (TMA)
 ):
     """One query tile of one KV head (module docstring)."""
     # Offsetting here rather than slicing on the host: Triton specializes on pointer alignment.
@@ -299,20 +317,30 @@ def _unified_attention_kernel(
         acc, m_i, l_i = _attend_key_range(
             acc, m_i, l_i, q, q_pos, kv_lo, cache_hi, cache_diag, p1, window, qk_scale,
             k_cache_ptr + kv_head * stride_k_head, v_cache_ptr + kv_head * stride_v_head,
-            block_tables_ptr + seq.to(tl.int64) * stride_bt_seq, stride_k_block, stride_k_tok,
-            stride_v_block, stride_v_tok, offs_d, False, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD,
-            USE_WINDOW, DOT_PRECISION, CPU_BF16,
+            block_tables_ptr + seq.to(tl.int64) * stride_bt_seq, 0, 0, stride_k_block,
+            stride_k_tok, stride_v_block, stride_v_tok, offs_d, PAGED, BLOCK_N, BLOCK_SIZE,
+            HEAD_DIM, D_PAD, USE_WINDOW, DOT_PRECISION, CPU_BF16,
         )  # fmt: skip
     if USE_NEW_KV:  # the new keys, positions relative to context_before (key j = row q_start + j)
-        new_rows = q_start.to(tl.int64)
-        acc, m_i, l_i = _attend_key_range(
-            acc, m_i, l_i, q, t0 + tok, tl.maximum(kv_lo - context_before, 0),
-            p1 - context_before + 1, ((t0 + 1) // BLOCK_N) * BLOCK_N, p1 - context_before,
-            window, qk_scale, k_new_ptr + new_rows * stride_kn_tok + kv_head * stride_kn_head,
-            v_new_ptr + new_rows * stride_vn_tok + kv_head * stride_vn_head, block_tables_ptr,
-            0, stride_kn_tok, 0, stride_vn_tok, offs_d, True, BLOCK_N, BLOCK_SIZE, HEAD_DIM,
-            D_PAD, USE_WINDOW, DOT_PRECISION, CPU_BF16,
-        )  # fmt: skip
+        new_lo = tl.maximum(kv_lo - context_before, 0)
+        new_diag = ((t0 + 1) // BLOCK_N) * BLOCK_N
+        if NEW_KV_DESCRIPTORS:
+            acc, m_i, l_i = _attend_key_range(
+                acc, m_i, l_i, q, t0 + tok, new_lo, p1 - context_before + 1, new_diag,
+                p1 - context_before, window, qk_scale, k_new_desc, v_new_desc, block_tables_ptr,
+                q_start, kv_head * HEAD_DIM, 0, 0, 0, 0, offs_d, DESCRIBED, BLOCK_N, BLOCK_SIZE,
+                HEAD_DIM, D_PAD, USE_WINDOW, DOT_PRECISION, CPU_BF16,
+            )  # fmt: skip
+        else:
+            new_rows = q_start.to(tl.int64)
+            acc, m_i, l_i = _attend_key_range(
+                acc, m_i, l_i, q, t0 + tok, new_lo, p1 - context_before + 1, new_diag,
+                p1 - context_before, window, qk_scale,
+                k_new_ptr + new_rows * stride_kn_tok + kv_head * stride_kn_head,
+                v_new_ptr + new_rows * stride_vn_tok + kv_head * stride_vn_head, block_tables_ptr,
+                0, 0, 0, stride_kn_tok, 0, stride_vn_tok, offs_d, ROWS, BLOCK_N, BLOCK_SIZE,
+                HEAD_DIM, D_PAD, USE_WINDOW, DOT_PRECISION, CPU_BF16,
+            )  # fmt: skip
 
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # padding rows of the tile have l = 0
     if HAS_V_SCALE:
@@ -323,6 +351,38 @@ def _unified_attention_kernel(
         to_output_dtype(out, out_ptr.dtype.element_ty, CPU_BF16),
         mask=row_mask,
     )
+
+
+def descriptors_usable(k_new: torch.Tensor, v_new: torch.Tensor, d_pad: int) -> bool:
+    """Whether k_new/v_new can be read through TMA tensor descriptors: a device with TMA
+    (_tma_device), a 16-bit dtype, and the layout a descriptor of [T, Hkv * D] describes: heads
+    adjacent (head stride D), D a power of two (no padded columns), base address and row stride
+    multiples of 16 bytes."""
+    if not _tma_device(k_new.device) or k_new.element_size() != 2:
+        return False
+    return all(
+        t.stride(2) == 1 and t.stride(1) == d_pad == t.shape[2] and t.data_ptr() % 16 == 0
+        and (t.stride(0) * t.element_size()) % 16 == 0
+        for t in (k_new, v_new)
+    )  # fmt: skip
+
+
+def _tma_device(device: torch.device) -> bool:
+    """An NVIDIA GPU of compute capability 9.0+, not under the interpreter, ATOM_ATTN_TMA not 0."""
+    if device.type != "cuda" or torch.version.hip is not None or not envs.attn_tma():
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _rows_descriptor(t: torch.Tensor, block_n: int):
+    """A tensor descriptor of t [T, Hkv, D] seen as [T, Hkv * D] (row stride t.stride(0)), in
+    [block_n, D] blocks: block (row, h * D) is key rows row.. of head h."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    rows, heads, dim = t.shape
+    return TensorDescriptor(t, [rows, heads * dim], [t.stride(0), 1], [block_n, dim])
 
 
 def unified_attention(
@@ -345,6 +405,7 @@ def unified_attention(
     v_new: torch.Tensor | None = None,
     cached_prefix: bool = True,
     first_seq: int = 0,
+    descriptors: bool | None = None,
 ) -> torch.Tensor:
     """Launches the unified kernel. Inputs are assumed checked (paged_attention.check_inputs).
     num_tokens: an upper bound of cu_seqlens_q[-1] - cu_seqlens_q[0] (default: q's rows).
@@ -354,7 +415,9 @@ def unified_attention(
     first_seq: the sequences from first_seq on are this launch's (the earlier ones of the
     metadata went to the decode kernel). The kernel offsets the pointers itself rather than
     taking sliced tensors: Triton specializes a kernel on its pointers' 16-byte alignment, so
-    slices at varying offsets would compile a variant per alignment, at run time."""
+    slices at varying offsets would compile a variant per alignment, at run time.
+    descriptors: read k_new/v_new through tensor descriptors (TMA); None = where
+    descriptors_usable says so."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_tokens = q.shape[0] if num_tokens is None else num_tokens
     _, block_size, num_kv_heads, _ = key_cache.shape
@@ -378,6 +441,11 @@ def unified_attention(
         new_kv = (key_cache, value_cache, 0, 0, 0, 0)  # not read
     else:
         new_kv = (k_new, v_new, k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
+    if descriptors is None:
+        descriptors = k_new is not None and descriptors_usable(k_new, v_new, d_pad)
+    descs = (None, None)
+    if descriptors:
+        descs = tuple(_rows_descriptor(t, cfg.block_n) for t in (k_new, v_new))
     _unified_attention_kernel[grid](
         q, key_cache, value_cache, out, block_tables, seq_lens, cu_seqlens_q,
         dummy if sinks is None else sinks,
@@ -387,13 +455,13 @@ def unified_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_tables.stride(0), *new_kv,
+        block_tables.stride(0), *new_kv, *descs,
         GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, BLOCK_N=cfg.block_n,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
         DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_NEW_KV=k_new is not None,
-        CACHE_KEYS=k_new is None or cached_prefix,
+        CACHE_KEYS=k_new is None or cached_prefix, NEW_KV_DESCRIPTORS=descriptors,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out

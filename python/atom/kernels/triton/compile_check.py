@@ -44,6 +44,7 @@ class Variant:
     sinks: bool = False
     scales: bool = False
     keys: str = "cache"  # unified: "cache", "new" (k_new/v_new only) or "new+cache" (a prefix too)
+    descriptors: bool = False  # unified: k_new/v_new through TMA descriptors (CUDA targets only)
 
 
 # The default configs of each path (attention_unified / attention_decode), one per feature.
@@ -62,6 +63,24 @@ VARIANTS = [
     Variant("prefill fp32 d64 group 3", "unified", "fp32", "fp32", 64, 3, 32, 32, 8, 1),
     Variant("prefill bf16 d80", "unified", head_dim=80, block_n=128),
     Variant("prefill bf16 d128, new K/V", "unified", block_n=128, keys="new"),
+    Variant(
+        "prefill bf16 d128, new K/V by TMA", "unified", block_n=128, keys="new", descriptors=True
+    ),  # fmt: skip
+    Variant(
+        "chunked prefill bf16 d128, new K/V by TMA + cache",
+        "unified",
+        keys="new+cache",
+        descriptors=True,
+    ),  # fmt: skip
+    Variant(
+        "prefill bf16 d64 window + sinks, new K/V by TMA",
+        "unified",
+        head_dim=64,
+        keys="new",
+        window=True,
+        sinks=True,
+        descriptors=True,
+    ),  # fmt: skip
     Variant("chunked prefill bf16 d128, new K/V + cache", "unified", keys="new+cache"),
     Variant("prefill bf16 d80, new K/V", "unified", head_dim=80, block_n=128, keys="new"),
     Variant(
@@ -129,6 +148,8 @@ def _signature(fn, v: Variant, constexprs: dict, target: GPUTarget) -> tuple[dic
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name.endswith("_desc"):  # [BLOCK_N, HEAD_DIM] blocks of the new K/V
+            signature[name] = f"tensordesc<{v.dtype}[{v.block_n}, {v.head_dim}]>"
         elif name.endswith("_ptr"):
             signature[name] = "*" + pointer_types.get(name, "i32")
         else:
@@ -153,6 +174,8 @@ def _kernel_and_constexprs(v: Variant, target: GPUTarget):
         return _unified_attention_kernel, dict(
             attention, BLOCK_M=v.block_m, BLOCK_Q=v.block_m // v.group,
             USE_NEW_KV=v.keys != "cache", CACHE_KEYS=v.keys != "new",
+            NEW_KV_DESCRIPTORS=v.descriptors,
+            **({} if v.descriptors else dict(k_new_desc=None, v_new_desc=None)),
         )  # fmt: skip
     if v.kernel == "decode":
         group_pad = max(16, triton.next_power_of_2(v.group))
@@ -204,6 +227,8 @@ def main() -> int:
     for v in VARIANTS:
         if args.only and v.name not in args.only:
             continue
+        if v.descriptors and TARGETS[args.target].backend != "cuda":
+            continue  # the launcher takes descriptors on sm90+ only
         try:
             r = compile_variant(v, TARGETS[args.target])
         except Exception as exc:  # report every variant, then fail

@@ -111,6 +111,22 @@ def make_paged_batch(
     return PagedBatch(q, key_cache, value_cache, meta, k_scale, v_scale, num_tokens)
 
 
+def new_kv_views(batch: PagedBatch, unread_seqs: int = 0):
+    """(k_new, v_new, slots): this step's K/V as the cache holds them, as strided views of one
+    [T, 2, Hkv, D] buffer (like k, v of a fused qkv output), and the slot of each row (-1: none).
+    Rows no kernel may take from them hold NaN: padding tokens, and the new tokens of the first
+    unread_seqs sequences (leading decodes: the decode kernel reads the cache)."""
+    m, (_, _, hkv, d) = batch.meta, batch.key_cache.shape
+    buf = torch.full((batch.q.shape[0], 2, hkv, d), float("nan"), dtype=batch.q.dtype,
+                     device=batch.q.device)  # fmt: skip
+    slots = m.slot_mapping.clone()
+    slots[: m.cu_seqlens_q[unread_seqs]] = -1
+    rows = slots >= 0
+    for i, cache in enumerate((batch.key_cache, batch.value_cache)):
+        buf[rows, i] = cache.view(-1, hkv, d)[slots[rows]].to(batch.q.dtype)
+    return buf[:, 0], buf[:, 1], slots
+
+
 def attention_at_precision(
     batch: PagedBatch,
     scale: float,
