@@ -16,6 +16,8 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 |                            | default on sm90+ CUDA; the native side reads it once per process)|
 | ATOM_ATTN_TMA=0            | prefill attention reads the step's new K/V through pointers, not |
 |                            | TMA tensor descriptors (attention_unified.descriptors_usable)    |
+| ATOM_DECODE_ROPE=0         | decode steps run the QK-norm/RoPE/cache-write op before the      |
+|                            | attention instead of inside the decode kernel (layers/attention) |
 """
 
 from __future__ import annotations
@@ -73,3 +75,9 @@ def attn_tma() -> bool:
     """Prefill attention reads contiguous new K/V through TMA descriptors where it can (default
     on; ``ATOM_ATTN_TMA=0`` for the pointer loads)."""
     return os.environ.get("ATOM_ATTN_TMA", "1").strip().lower() in _TRUE
+
+
+def decode_rope() -> bool:
+    """The GPU decode kernel does QK-norm, RoPE and the cache write itself (default on;
+    ``ATOM_DECODE_ROPE=0`` runs fused_qk_norm_rope_cache first, as prefill steps do)."""
+    return os.environ.get("ATOM_DECODE_ROPE", "1").strip().lower() in _TRUE

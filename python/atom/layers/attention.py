@@ -13,7 +13,8 @@ optional per-head q/k RMSNorm and RoPE and writes this step's k, v into the cach
 (atom.kernels.fused_qk_norm_rope_cache; a plain reshape_and_cache without RoPE), then attends over
 the cache (atom.kernels.paged_attention), handing it those k, v too (when the cache is in q's dtype
 it holds exactly them, and the GPU kernel reads the new tokens' K/V contiguously from them).
-Returns [T, Hq*D] in q's dtype.
+Decode-only steps on a GPU skip the first op: the Triton decode kernel does its work on the rows
+it loads (``_rope_in_decode_kernel``). Returns [T, Hq*D] in q's dtype.
 
 Flags: ``rotary_emb`` (RoPE applied here, fused with the cache write; a rotary_dim below head_dim
 turns only the first rotary_dim features, GLM's partial rotary), ``qk_norm`` (per-head RMSNorm
@@ -26,8 +27,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atom import kernels
+from atom import envs, kernels
 from atom.forward_context import AttentionMetadata
+from atom.kernels import registry
+from atom.kernels.triton.attention_decode import DecodeRope
+from atom.kernels.triton.paged_attention import paged_attention as triton_paged_attention
+from atom.kernels.triton.rope_tile import rope_dims_supported
 from atom.layers.norm import RMSNorm
 from atom.layers.rotary import RotaryEmbedding
 
@@ -112,6 +117,16 @@ class Attention(nn.Module):
         slots = attn_metadata.slot_mapping
         q_norm_w = None if self.q_norm is None else self.q_norm.weight
         k_norm_w = None if self.k_norm is None else self.k_norm.weight
+        if self._rope_in_decode_kernel(q, attn_metadata):
+            rope = DecodeRope(
+                k, v, positions, self.rotary_emb.cos_sin_cache, self.rotary_emb.is_neox, slots,
+                q_norm_w, k_norm_w, self.qk_norm_eps,
+            )  # fmt: skip
+            out = triton_paged_attention(
+                q, self.k_cache, self.v_cache, attn_metadata, self.scale, self.sliding_window,
+                self.sinks, self.k_scale, self.v_scale, rope=rope,
+            )  # fmt: skip
+            return out.view(num_tokens, self.num_heads * self.head_dim)
         if self.rotary_emb is not None:
             q, k = kernels.fused_qk_norm_rope_cache(
                 q, k, v, q_norm_w, k_norm_w, self.qk_norm_eps, positions,
@@ -141,6 +156,21 @@ class Attention(nn.Module):
             v_new=v if new_kv else None,
         )
         return out.view(num_tokens, self.num_heads * self.head_dim)
+
+    def _rope_in_decode_kernel(self, q: torch.Tensor, meta: AttentionMetadata) -> bool:
+        """Decode-only steps on a GPU whose paged_attention backend is the Triton one: the decode
+        kernel norms and rotates q and k and writes the cache itself (attention_decode, ROPE), one
+        kernel less per layer. Not under torch.compile (level 3 keeps its opaque ops), and not
+        with ATOM_DECODE_ROPE=0."""
+        return (
+            self.rotary_emb is not None
+            and q.is_cuda
+            and meta.max_seqlen_q == 1
+            and envs.decode_rope()
+            and not torch.compiler.is_compiling()
+            and rope_dims_supported(self.head_dim, self.rotary_emb.cos_sin_cache.shape[1])
+            and registry.pick("paged_attention", q.device.type) is triton_paged_attention
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -45,6 +45,9 @@ class Variant:
     scales: bool = False
     keys: str = "cache"  # unified: "cache", "new" (k_new/v_new only) or "new+cache" (a prefix too)
     descriptors: bool = False  # unified: k_new/v_new through TMA descriptors (CUDA targets only)
+    rope: str = (
+        ""  # decode: "neox" / "gptj" norm + RoPE + cache write in the kernel; "+norm": QK norm
+    )
 
 
 # The default configs of each path (attention_unified / attention_decode), one per feature.
@@ -124,6 +127,25 @@ VARIANTS = [
         scales=True,
     ),  # fmt: skip
     Variant("decode fp32 d64", "decode", "fp32", "fp32", 64, 3, block_n=16, num_stages=2),
+    Variant("decode bf16 d128 + RoPE/cache", "decode", num_warps=4, num_stages=2, rope="neox"),
+    Variant(
+        "decode bf16 split 8 + QK norm/RoPE/cache",
+        "decode",
+        num_warps=4,
+        num_stages=2,
+        num_splits=8,
+        rope="neox+norm",
+    ),  # fmt: skip
+    Variant(
+        "decode fp8 cache + gpt-j RoPE/cache",
+        "decode",
+        cache="fp8e4nv",
+        block_n=128,
+        num_warps=4,
+        num_stages=2,
+        scales=True,
+        rope="gptj",
+    ),  # fmt: skip
     Variant(
         "combine bf16 d128 split 8",
         "combine",
@@ -140,7 +162,9 @@ def _signature(fn, v: Variant, constexprs: dict, target: GPUTarget) -> tuple[dic
     cache = "fp8e4b8" if v.cache == "fp8e4nv" and target.backend == "hip" else v.cache
     pointer_types = {
         "q_ptr": v.dtype, "out_ptr": v.dtype, "k_cache_ptr": cache, "v_cache_ptr": cache,
-        "k_new_ptr": v.dtype, "v_new_ptr": v.dtype,
+        "k_new_ptr": v.dtype, "v_new_ptr": v.dtype, "positions_ptr": "i64",
+        "slot_mapping_ptr": "i64", "cos_sin_ptr": "fp32", "q_norm_w_ptr": v.dtype,
+        "k_norm_w_ptr": v.dtype,
         "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "sinks_ptr": "fp32",
         "k_scale_ptr": "fp32", "v_scale_ptr": "fp32",
     }  # fmt: skip
@@ -153,7 +177,7 @@ def _signature(fn, v: Variant, constexprs: dict, target: GPUTarget) -> tuple[dic
         elif name.endswith("_ptr"):
             signature[name] = "*" + pointer_types.get(name, "i32")
         else:
-            signature[name] = "fp32" if name == "softmax_scale" else "i32"
+            signature[name] = "fp32" if name in ("softmax_scale", "norm_eps") else "i32"
         # Triton specializes 16-byte aligned pointers and strides divisible by 16 at launch.
         if name.endswith("_ptr") or (name.startswith("stride") and name != "stride_bt_seq"):
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -179,8 +203,12 @@ def _kernel_and_constexprs(v: Variant, target: GPUTarget):
         )  # fmt: skip
     if v.kernel == "decode":
         group_pad = max(16, triton.next_power_of_2(v.group))
+        rope = {}
+        if v.rope:
+            rope = dict(ROPE=True, QK_NORM="norm" in v.rope, ROT_DIM=v.head_dim,
+                        IS_NEOX=v.rope.startswith("neox"))  # fmt: skip
         return _decode_split_kernel, dict(
-            attention, **pdl, GROUP_PAD=group_pad, SPLIT=v.num_splits > 1
+            attention, **pdl, **rope, GROUP_PAD=group_pad, SPLIT=v.num_splits > 1
         )
     splits_pad = triton.next_power_of_2(v.num_splits)
     return _decode_combine_kernel, dict(common, **pdl, SPLITS_PAD=splits_pad, CPU_BF16=False)

@@ -25,11 +25,13 @@ from atom.forward_context import AttentionMetadata
 from atom.kernels.registry import register
 from atom.kernels.triton.attention_decode import (
     DecodeConfig,
+    DecodeRope,
     DecodeWorkspace,
     decode_attention,
     default_num_splits,
 )
 from atom.kernels.triton.attention_unified import UnifiedConfig, unified_attention
+from atom.kernels.triton.rope_tile import rope_dims_supported
 
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
@@ -140,6 +142,35 @@ def check_inputs(
             )
 
 
+def check_rope(rope: DecodeRope, q: torch.Tensor, key_cache: torch.Tensor, meta) -> None:
+    """ValueError unless the decode kernel can do rope's work: a decode-only batch, raw k/v like
+    the cache's heads, one position and slot per row, an fp32 cos/sin cache whose even rotary
+    dim fits the head, norm weights (both or neither) of the head dim."""
+    if meta.max_seqlen_q != 1:
+        raise ValueError(f"rope needs a decode-only batch, got max_seqlen_q={meta.max_seqlen_q}")
+    num_tokens, _, head_dim = q.shape
+    expected = (num_tokens, key_cache.shape[2], head_dim)
+    for name, t in (("rope.k", rope.k), ("rope.v", rope.v)):
+        if tuple(t.shape) != expected or t.dtype != q.dtype or t.stride(-1) != 1:
+            raise ValueError(f"{name} must be {q.dtype} {expected} with a contiguous last dim, "
+                             f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}")  # fmt: skip
+    for name, t in (("rope.positions", rope.positions), ("rope.slot_mapping", rope.slot_mapping)):
+        if t.dim() != 1 or t.shape[0] < num_tokens or t.dtype.is_floating_point:
+            raise ValueError(f"{name} must be integer [>= {num_tokens}], got {t.dtype} {t.shape}")
+    cs = rope.cos_sin_cache
+    if cs.dim() != 2 or cs.dtype != torch.float32 or cs.stride(1) != 1:
+        raise ValueError(f"rope.cos_sin_cache must be fp32 [positions, rot_dim], got {cs.dtype} "
+                         f"{tuple(cs.shape)}")  # fmt: skip
+    if not rope_dims_supported(head_dim, cs.shape[1]):
+        raise ValueError(f"rotary dim {cs.shape[1]} must be even and at most head_dim {head_dim}")
+    if (rope.q_norm_weight is None) != (rope.k_norm_weight is None):
+        raise ValueError("rope.q_norm_weight and rope.k_norm_weight must be given together")
+    for name, w in (("rope.q_norm_weight", rope.q_norm_weight),
+                    ("rope.k_norm_weight", rope.k_norm_weight)):  # fmt: skip
+        if w is not None and tuple(w.shape) != (head_dim,):
+            raise ValueError(f"{name} must be [{head_dim}], got {tuple(w.shape)}")
+
+
 def _leading_decodes(meta: AttentionMetadata) -> tuple[int, int]:
     """(number of leading sequences with exactly one new token, their longest context), from the
     host copies; (0, 0) when the metadata has none. A few microseconds per call, and only in steps
@@ -183,6 +214,7 @@ def paged_attention(
     k_new: torch.Tensor | None = None,  # [num_tokens, Hkv, D] q's dtype: this step's keys
     v_new: torch.Tensor | None = None,  # and values as written to the cache (rows of q's rows)
     new_kv_with_prefix: bool = False,
+    rope: DecodeRope | None = None,
 ) -> torch.Tensor:
     """Returns out: [num_tokens, Hq, D] in q's dtype; padding rows are left as they were.
 
@@ -191,6 +223,8 @@ def paged_attention(
     read their new keys/values from these contiguous rows instead of the paged cache (the same
     values, so the same result); decodes and fp8 caches ignore them, and so do steps where a
     sequence continues a cached prefix, unless new_kv_with_prefix (measured slower; see below).
+    rope (decode-only batches): q and rope.k are raw, and the decode kernel does the work of
+    fused_qk_norm_rope_cache itself (norm, RoPE, cache write); see check_rope.
     """
     if out is None:
         # A decode-only batch writes every token row (zeros for a length-0 sequence), so its
@@ -201,6 +235,8 @@ def paged_attention(
         q, key_cache, value_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, scale,
         sliding_window, sinks, k_scale, v_scale, out, k_new, v_new,
     )  # fmt: skip
+    if rope is not None:
+        check_rope(rope, q, key_cache, meta)
     if key_cache.dtype != q.dtype:  # fp8: the cache holds rounded values, read those
         k_new = v_new = None
     k_scale = None if k_scale is None else k_scale.reshape(1)
@@ -215,7 +251,7 @@ def paged_attention(
             )
         return decode_attention(
             q, key_cache, value_cache, out, cu, seq_lens, tables, *common, num_splits,
-            config=decode_config,
+            config=decode_config, rope=rope,
         )  # fmt: skip
     num_decodes, longest = _leading_decodes(meta)
     if num_decodes:
