@@ -363,3 +363,150 @@ def test_large_weights_at_several_rows_take_the_unfused_sequence(monkeypatch):
     torch.testing.assert_close(got, want)
     gemv.fused_gemv_registered(torch.randn(1, 64), weight, norm_weight=norm_w, eps=1e-6)
     assert calls == [1]  # only the one-row call reached the kernel
+
+
+# --------------------------------------------------------------------------- fp32 output
+def _truth_after_prologue(args, kwargs):
+    """The fp32 GEMM (+ bias + residual) of the prologue's output rounded to x's dtype, as the
+    kernel computes it: what out_dtype=fp32 stores, up to the fp32 summation order."""
+    from atom.kernels.reference.activation import silu_and_mul
+    from atom.kernels.reference.norm import rms_norm_ref
+
+    x, w, b = args
+    if "norm_weight" in kwargs:
+        x = rms_norm_ref(x, kwargs["norm_weight"], kwargs["eps"])
+    elif "act" in kwargs:
+        x = silu_and_mul(x)
+    residual = kwargs.get("residual")
+    return fused_gemv_reference(
+        x.float(), w.float(), None if b is None else b.float(),
+        residual=None if residual is None else residual.float(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("option", ["plain", "norm", "silu+residual", "norm+bias+residual"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,k,n", [(1, 72, 200), (3, 568, 96), (7, 64, 40)])
+def test_fp32_output(device, m, k, n, dtype, option):
+    """out_dtype=fp32 (the LM head's logits): 16-bit operands, the fp32 sum stored unrounded, both
+    product paths (M = 7: tl.dot). Against the fp32 GEMM of the rounded prologue the only
+    difference is the summation order; the torch reference casts its 16-bit result instead."""
+    from atom.kernels.triton.gemv import fused_gemv
+
+    args, kwargs = _problem(m, k, n, option, dtype, device, seed=m + k + n)
+    out = fused_gemv(*args, **kwargs, out_dtype=torch.float32)
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    truth = _truth_after_prologue(args, kwargs)
+    scale = truth.abs().max().item()
+    torch.testing.assert_close(out, truth, rtol=1e-4, atol=1e-4 * scale)
+    assert (out != out.to(dtype).float()).any(), "the result was rounded to x's dtype"
+    lowp = fused_gemv_reference(*args, **kwargs, out_dtype=torch.float32)
+    assert lowp.dtype == torch.float32
+    ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    torch.testing.assert_close(out, lowp, rtol=2 * ulp, atol=2 * ulp * scale)
+    # into a given fp32 buffer, through the registry's entry and through atom.kernels (the torch
+    # reference on the CPU)
+    buf = torch.full((m, n + 3), -7.0, device=device)
+    got = fused_gemv(*args, **kwargs, out=buf[:, :n], out_dtype=torch.float32)
+    assert got.data_ptr() == buf.data_ptr() and torch.equal(got, out) and (buf[:, n:] == -7).all()
+
+
+def test_fp32_output_dispatch_and_checks(device):
+    import atom.kernels as kernels
+    from atom.kernels.triton.gemv import MAX_M, fused_gemv, fused_gemv_registered
+
+    for m in (1, MAX_M + 5):  # the kernel, and the unfused sequence above MAX_M rows
+        args, kwargs = _problem(m, 72, 40, "silu+residual", torch.bfloat16, device, seed=m)
+        want = fused_gemv_reference(*args, **kwargs, out_dtype=torch.float32)
+        got = fused_gemv_registered(*args, **kwargs, out_dtype=torch.float32)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2**-7, atol=2**-7 * want.abs().max().item())
+        eager = kernels.fused_gemv(*args, **kwargs, out_dtype=torch.float32)
+        assert eager.dtype == torch.float32
+    x, w = (
+        torch.randn(2, 64, device=device).bfloat16(),
+        torch.randn(40, 64, device=device).bfloat16(),
+    )
+    assert fused_gemv(x, w, out_dtype=torch.bfloat16).dtype == torch.bfloat16  # x's own dtype
+    with pytest.raises(ValueError, match="out_dtype torch.float16"):
+        fused_gemv(x, w, out_dtype=torch.float16)
+    with pytest.raises(ValueError, match="out dtype torch.bfloat16"):
+        fused_gemv(x, w, out=torch.empty(2, 40, device=device).bfloat16(), out_dtype=torch.float32)
+    with pytest.raises(ValueError, match="out dtype torch.float32"):
+        fused_gemv(x, w, out=torch.empty(2, 40, device=device))  # fp32 out needs out_dtype
+
+
+def test_fp32_output_opaque_op():
+    """The torch.compile custom op takes out_dtype; its fake gives the fp32 result's dtype."""
+    import atom.kernels as kernels
+    from atom.kernels import opaque
+
+    torch.manual_seed(0)
+    x, w = torch.randn(1, 24).bfloat16(), torch.randn(8, 24).bfloat16()
+    r = torch.randn(1, 8).bfloat16()
+    torch.library.opcheck(opaque._fused_gemv_op, (x, w, None, None, 1e-6, "", r, torch.float32))
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def head(h, weight):
+        return kernels.fused_gemv(h, weight, out_dtype=torch.float32)
+
+    got = torch.compile(head, backend=backend, fullgraph=True)(x, w)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, head(x, w))
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert sum("atom_py.fused_gemv" in t for t in targets) == 1, targets
+
+
+_COMPILE_FP32_OUT_SM90 = """
+import torch, triton
+from triton.compiler import ASTSource
+from atom.kernels.triton.compile_check import TARGETS, _resource_usage
+from atom.kernels.triton.gemv import _gemv_kernel, default_gemv_config
+
+target = TARGETS["sm90"]
+for m, n, k in ((1, 128256, 4096), (1, 49152, 576), (4, 1000, 256)):  # LM heads
+    cfg = default_gemv_config(m, n, k, torch.bfloat16)
+    consts = dict(M_PAD=m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SUMSQ_BLOCK=cfg.block_k,
+                  HAS_BIAS=False, HAS_NORM=False, GATED=False, HAS_RESIDUAL=False, USE_DOT=False,
+                  EVEN_K=k % cfg.block_k == 0, DOT_PRECISION="tf32", CPU_BF16=False, USE_PDL=True,
+                  PREFETCH=n * k <= (1 << 22))
+    sig, attrs = {}, {}
+    for i, a in enumerate(_gemv_kernel.arg_names):
+        ptr = "*fp32" if a == "out_ptr" else "*bf16"
+        sig[a] = "constexpr" if a in consts else ptr if a.endswith("_ptr") else "fp32" if a == "eps" else "i32"
+        if a.endswith("_ptr") or a.startswith("stride") or a in ("N", "K"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    opts = triton.compiler.make_backend(target).parse_options(
+        dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)).__dict__
+    c = triton.compile(ASTSource(_gemv_kernel, sig, consts, attrs), target=target, options=opts)
+    usage = _resource_usage(c.asm["cubin"])
+    stores = [ln for ln in c.asm["ptx"].splitlines() if "st.global" in ln]
+    fp32 = all(".b16" not in ln for ln in stores)
+    print("ok" if usage.get("stack", 0) == 0 and fp32 else "BAD", m, n, k, cfg, usage, stores[:2])
+"""
+
+
+def test_fp32_output_compiles_for_sm90(tmp_path):
+    """The LM-head variants (bf16 operands, fp32 out, default configs) through Triton's real
+    pipeline for the H100, no GPU: no spills, 32-bit stores."""
+    import subprocess
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this triton has no bundled ptxas")
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FP32_OUT_SM90],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    report = run.stdout + run.stderr[-3000:]
+    assert run.returncode == 0, report
+    assert sum(line.startswith("ok ") for line in run.stdout.splitlines()) == 3, report

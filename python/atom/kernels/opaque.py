@@ -182,21 +182,26 @@ def _fused_gemv_op(
     eps: float,
     act: str,  # "" = none
     residual: torch.Tensor | None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     return pick("fused_gemv", x.device.type)(
-        x, weight, bias, norm_weight=norm_weight, eps=eps, act=act or None, residual=residual
-    )
+        x, weight, bias, norm_weight=norm_weight, eps=eps, act=act or None, residual=residual,
+        out_dtype=out_dtype,
+    )  # fmt: skip
 
 
 @_fused_gemv_op.register_fake
-def _(x, weight, bias, norm_weight, eps, act, residual) -> torch.Tensor:
-    return x.new_empty(x.shape[0], weight.shape[0])
+def _(x, weight, bias, norm_weight, eps, act, residual, out_dtype=None) -> torch.Tensor:
+    return x.new_empty(
+        x.shape[0], weight.shape[0], dtype=x.dtype if out_dtype is None else out_dtype
+    )
 
 
 def fused_gemv(
-    x, weight, bias=None, norm_weight=None, eps=1e-6, act=None, residual=None, out=None
-) -> torch.Tensor:
-    """atom.kernels.fused_gemv as one opaque op: x [M, K or 2K] -> [M, N] (a fresh tensor,
-    copied into ``out`` when one is given)."""
-    y = _fused_gemv_op(x, weight, bias, norm_weight, float(eps), act or "", residual)
+    x, weight, bias=None, norm_weight=None, eps=1e-6, act=None, residual=None, out=None,
+    out_dtype=None,
+) -> torch.Tensor:  # fmt: skip
+    """atom.kernels.fused_gemv as one opaque op: x [M, K or 2K] -> [M, N] in out_dtype (None:
+    x's dtype) (a fresh tensor, copied into ``out`` when one is given)."""
+    y = _fused_gemv_op(x, weight, bias, norm_weight, float(eps), act or "", residual, out_dtype)
     return y if out is None else out.copy_(y)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atom import kernels
+
 
 class VocabParallelEmbedding(nn.Module):
     """input_ids: [T] int64 -> [T, embedding_dim] in the weight's dtype."""
@@ -58,15 +60,41 @@ class VocabParallelEmbedding(nn.Module):
 
 class ParallelLMHead(VocabParallelEmbedding):
     """hidden [N, H] -> logits [N, vocab] fp32. ``tie_to(embedding)`` shares the embedding table
-    (tie_word_embeddings), and the checkpoint's lm_head.weight, if any, is then ignored."""
+    (tie_word_embeddings), and the checkpoint's lm_head.weight, if any, is then ignored.
+
+    Decode steps of a few rows on a GPU (``uses_fused_gemv``) run the fused GEMV with an fp32
+    output (atom.kernels.fused_gemv) instead of F.linear(...).float(): one kernel instead of a
+    GEMM and a cast, and a weight stream near copy bandwidth (the kernel's large-weight rate on
+    the H100; cuBLAS took 367 us for Llama-3-8B's LM head, whose bound is 349 us). Its logits are
+    the fp32 sums, not a 16-bit GEMM result cast to fp32. Every other case keeps F.linear, the
+    CPU among them."""
 
     def tie_to(self, embedding: VocabParallelEmbedding) -> None:
         if embedding.weight.shape != self.weight.shape:
             raise ValueError("the tied embedding and LM head differ in shape")
         self.weight = embedding.weight
 
+    def uses_fused_gemv(self, hidden: torch.Tensor) -> bool:
+        """One rank, a GPU, hidden [M, H] of a 16-bit dtype with a weight of the same dtype, and
+        few rows: M <= 4, or M == 1 for a weight above SMALL_WEIGHT elements (every real vocab),
+        where the fused GEMV beats cuBLAS (as layers/small_batch.max_tokens_for decides)."""
+        weight = self.weight
+        if self.tp_size != 1 or not hidden.is_cuda or hidden.dim() != 2 or weight.dim() != 2:
+            return False
+        if hidden.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != hidden.dtype:
+            return False
+        if not weight.is_contiguous() or hidden.stride(-1) != 1:
+            return False
+        from atom.kernels.triton.gemv import SMALL_WEIGHT
+
+        rows = hidden.shape[0]
+        return 1 <= rows <= (4 if weight.numel() <= SMALL_WEIGHT else 1)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight).float()
+        if self.uses_fused_gemv(hidden):
+            logits = kernels.fused_gemv(hidden, self.weight, out_dtype=torch.float32)
+        else:
+            logits = F.linear(hidden, self.weight).float()
         if self.tp_size > 1:
             parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
             torch.distributed.all_gather(parts, logits, group=self.tp_group)

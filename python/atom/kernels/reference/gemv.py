@@ -6,9 +6,13 @@
     out = F.linear(a, weight, bias) (+ residual)
 
 x: [M, K] or [M, 2K] (act) fp16 / bf16 / fp32; weight: [N, K] x's dtype; bias: [N] x's dtype;
-norm_weight: [K] x's dtype or fp32; residual, out: [M, N] x's dtype. Returns [M, N] (``out`` when
-given, which may be ``residual`` itself). The Triton kernel (atom/kernels/triton/gemv.py) computes
-the same function in one pass; ``check_gemv_args`` is the contract both enforce.
+norm_weight: [K] x's dtype or fp32; residual: [M, N] x's dtype; out: [M, N] in ``out_dtype``.
+Returns [M, N] in ``out_dtype`` (``out`` when given, which may be ``residual`` itself when the
+dtypes agree). ``out_dtype``: None (= x's dtype) or fp32, an fp32 result of 16-bit operands (the
+LM head's logits). The Triton kernel (atom/kernels/triton/gemv.py) computes the same function in
+one pass and stores its fp32 accumulator unrounded there; the unfused sequence here computes in
+x's dtype and casts (as ``F.linear(x, W).float()`` does), one rounding to x's dtype further off.
+``check_gemv_args`` is the contract both enforce.
 """
 
 from __future__ import annotations
@@ -26,7 +30,18 @@ ACTIVATIONS = (None, "silu_and_mul")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def check_gemv_args(x, weight, bias, norm_weight, act, residual, out) -> tuple[int, int, int]:
+def resolve_out_dtype(x: torch.Tensor, out_dtype: torch.dtype | None) -> torch.dtype:
+    """The result's dtype: x's, or fp32 (raises ValueError for anything else)."""
+    if out_dtype is None or out_dtype == x.dtype:
+        return x.dtype
+    if out_dtype != torch.float32:
+        raise ValueError(f"out_dtype {out_dtype} is not supported; use None, {x.dtype} or fp32")
+    return out_dtype
+
+
+def check_gemv_args(
+    x, weight, bias, norm_weight, act, residual, out, out_dtype=None
+) -> tuple[int, int, int]:
     """Raises ValueError naming the offending value; returns (M, N, K)."""
     if act not in ACTIVATIONS:
         raise ValueError(f"act={act!r} is not supported; use one of {ACTIVATIONS}")
@@ -54,6 +69,8 @@ def check_gemv_args(x, weight, bias, norm_weight, act, residual, out) -> tuple[i
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
         allowed = (x.dtype, torch.float32) if name == "norm_weight" else (x.dtype,)
+        if name == "out":
+            allowed = (resolve_out_dtype(x, out_dtype),)
         if t.dtype not in allowed:
             raise ValueError(f"{name} dtype {t.dtype} must be one of {allowed} (x is {x.dtype})")
         if t.device != x.device:
@@ -66,9 +83,10 @@ def check_gemv_args(x, weight, bias, norm_weight, act, residual, out) -> tuple[i
 def compose_gemv(
     x, weight, bias, norm_weight, eps, act, residual, out,
     rms_norm: Callable = rms_norm_ref, silu_and_mul: Callable = silu_and_mul_ref,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The unfused sequence with the given norm and activation ops (the torch references, or
-    whatever the registry picks where a fast kernel does not apply)."""
+    whatever the registry picks where a fast kernel does not apply), cast to ``out_dtype``."""
     if norm_weight is not None:
         x = rms_norm(x, norm_weight, eps)
     elif act is not None:
@@ -77,7 +95,7 @@ def compose_gemv(
     if residual is not None:
         y = y + residual
     if out is None:
-        return y
+        return y.to(resolve_out_dtype(x, out_dtype))
     return out.copy_(y)
 
 
@@ -93,6 +111,7 @@ def fused_gemv_reference(
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     config: object = None,  # the Triton kernel's block config; ignored here
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    check_gemv_args(x, weight, bias, norm_weight, act, residual, out)
-    return compose_gemv(x, weight, bias, norm_weight, eps, act, residual, out)
+    check_gemv_args(x, weight, bias, norm_weight, act, residual, out, out_dtype)
+    return compose_gemv(x, weight, bias, norm_weight, eps, act, residual, out, out_dtype=out_dtype)

@@ -13,16 +13,19 @@ Math (a = the left operand, rows m < M, columns k < K; fp32 throughout):
     norm:  a[m, k] = round(x[m, k] * rsqrt(sum_j x[m, j]^2 / K + eps) * w_norm[k])
     act:   a[m, k] = round(silu(x[m, k]) * x[m, K + k]),  silu(g) = g * sigmoid(g)
     out[m, n] = round(sum_k a[m, k] W[n, k] + bias[n] + residual[m, n])
-round() is to x's dtype, as the unfused ops store their outputs: the left operand therefore equals
-what rms_norm / silu_and_mul would have written, up to the summation order of the norm's sum of
-squares (SUMSQ_BLOCK chunks) and the GPU's approximate rsqrt / exp (an ulp, rarely). Where the fused
-result differs from the unfused sequence: the GEMM result is not rounded before the residual is
-added (one rounding of the fp32 sum instead of two), so it is slightly more accurate.
+round() is to x's dtype, as the unfused ops store their outputs (the last one is to out's dtype:
+with ``out_dtype=torch.float32`` the fp32 sum is stored unrounded, the LM head's logits): the left
+operand therefore equals what rms_norm / silu_and_mul would have written, up to the summation order
+of the norm's sum of squares (SUMSQ_BLOCK chunks) and the GPU's approximate rsqrt / exp (an ulp,
+rarely). Where the fused result differs from the unfused sequence: the GEMM result is not rounded
+before the residual is added (one rounding of the fp32 sum instead of two), so it is slightly more
+accurate.
 
 Layout: x [M, K or 2K] row stride free, last dim contiguous; W [N, K] row-major contiguous (the
-nn.Linear layout); residual / out [M, N] last dim contiguous. ``out`` may be ``residual`` (an in-place
-residual update): each program reads its [M, BLOCK_N] residual tile before it writes the same tile,
-and no other program touches it. ``out`` must not overlap x or W (every program reads all of x).
+nn.Linear layout); residual [M, N] (x's dtype) / out [M, N] (x's dtype or fp32) last dim
+contiguous. ``out`` may be ``residual`` (an in-place residual update): each program reads its
+[M, BLOCK_N] residual tile before it writes the same tile, and no other program touches it. ``out``
+must not overlap x or W (every program reads all of x).
 
 Work split: program i owns output columns [i * BLOCK_N, (i + 1) * BLOCK_N) for all M rows, and loops
 over K in BLOCK_K steps: each weight byte is read once, by one program, in 16-byte vector loads along
@@ -64,7 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
-from atom.kernels.reference.gemv import check_gemv_args, compose_gemv
+from atom.kernels.reference.gemv import check_gemv_args, compose_gemv, resolve_out_dtype
 from atom.kernels.registry import pick, register
 from atom.kernels.triton.attention_tile import dot_settings, round_to_bf16_in_fp32, to_output_dtype
 from atom.kernels.triton.pdl import launch_options, pdl_enabled
@@ -308,7 +311,10 @@ def _gemv_kernel(
     if HAS_RESIDUAL:  # read before the store below: out may be this same tile
         res = tl.load(res_ptr + rows64[:, None] * stride_rm + offs_n[None, :], mask=tile_mask)
         acc += res.to(tl.float32)
-    out = to_output_dtype(acc, out_ptr.dtype.element_ty, CPU_BF16)
+    if out_ptr.dtype.element_ty == tl.float32:  # fp32 x, or out_dtype=fp32: the sum as it is
+        out = acc
+    else:
+        out = to_output_dtype(acc, out_ptr.dtype.element_ty, CPU_BF16)
     tl.store(out_ptr + rows64[:, None] * stride_om + offs_n[None, :], out, mask=tile_mask)
 
 
@@ -342,6 +348,7 @@ def _check_layout(x, weight, bias, norm_weight, residual, out) -> None:
             raise ValueError(f"out overlaps {name}: every program reads all of {name}")
     if residual is not None and _overlaps(out, residual):
         same = out.data_ptr() == residual.data_ptr() and out.stride() == residual.stride()
+        same = same and out.dtype == residual.dtype
         if not same:
             raise ValueError("out partially overlaps residual: pass residual itself or no alias")
 
@@ -357,18 +364,20 @@ def fused_gemv(
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     config: GemvConfig | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """prologue(x) @ weight^T (+ bias) (+ residual) -> out [M, N] in x's dtype (module docstring).
-    x [M, K] (or [M, 2K] with act="silu_and_mul"), M <= MAX_M; ``config`` overrides the blocks.
-    One launch, no host reads of device values: safe to capture in a CUDA graph."""
-    m, n, k = check_gemv_args(x, weight, bias, norm_weight, act, residual, out)
+    """prologue(x) @ weight^T (+ bias) (+ residual) -> out [M, N] in ``out_dtype`` (None: x's
+    dtype; fp32: the accumulator unrounded) (module docstring). x [M, K] (or [M, 2K] with
+    act="silu_and_mul"), M <= MAX_M; ``config`` overrides the blocks. One launch, no host reads
+    of device values: safe to capture in a CUDA graph."""
+    m, n, k = check_gemv_args(x, weight, bias, norm_weight, act, residual, out, out_dtype)
     if m > MAX_M:
         raise ValueError(f"x has M={m} rows; fused_gemv takes at most MAX_M={MAX_M}")
     if k == 0 or n == 0:
         raise ValueError(f"empty weight {tuple(weight.shape)}")
     _check_layout(x, weight, bias, norm_weight, residual, out)
     if out is None:
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+        out = torch.empty(m, n, dtype=resolve_out_dtype(x, out_dtype), device=x.device)
     if m == 0:
         return out
     if config is None:
@@ -408,8 +417,9 @@ def fused_gemv(
 
 @register("fused_gemv", "triton", devices=("cuda",))
 def fused_gemv_registered(
-    x, weight, bias=None, *, norm_weight=None, eps=1e-6, act=None, residual=None, out=None
-) -> torch.Tensor:
+    x, weight, bias=None, *, norm_weight=None, eps=1e-6, act=None, residual=None, out=None,
+    out_dtype=None,
+) -> torch.Tensor:  # fmt: skip
     """The registry's entry: the kernel where it is the faster way, else the unfused sequence
     with the registry's rms_norm / silu_and_mul and a cuBLAS GEMM (same result up to rounding):
     above MAX_M rows (prefill), and for a large weight at more than one row. On the H100 (bf16,
@@ -419,12 +429,14 @@ def fused_gemv_registered(
     the sweep's best config)."""
     rows = x.shape[0] if x.dim() == 2 else 0
     if rows > MAX_M or (rows > 1 and weight.numel() > SMALL_WEIGHT):
-        check_gemv_args(x, weight, bias, norm_weight, act, residual, out)
+        check_gemv_args(x, weight, bias, norm_weight, act, residual, out, out_dtype)
         dev = x.device.type
         return compose_gemv(
             x, weight, bias, norm_weight, eps, act, residual, out,
             rms_norm=pick("rms_norm", dev), silu_and_mul=pick("silu_and_mul", dev),
+            out_dtype=out_dtype,
         )  # fmt: skip
     return fused_gemv(
-        x, weight, bias, norm_weight=norm_weight, eps=eps, act=act, residual=residual, out=out
-    )
+        x, weight, bias, norm_weight=norm_weight, eps=eps, act=act, residual=residual, out=out,
+        out_dtype=out_dtype,
+    )  # fmt: skip
