@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from atom import kernels
 from atom.config import EngineConfig
 from atom.engine.compile import FastPathPlan, compile_decode_step, warm_up_settings
 from atom.engine.cuda_graph import DecodeBatch, DecodeGraphs, capture_sizes_for
@@ -313,9 +314,10 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The function that CUDA graphs capture (and torch.compile compiles): a decode batch
         [B] -> (logits [B, vocab] fp32, greedy token ids [B] int64). The argmax rides along in
-        the graph so that a greedy step reads back B integers and launches no sampling kernels."""
+        the graph so that a greedy step reads back B integers and launches no sampling kernels
+        (kernels.greedy_argmax: a many-program Triton argmax on GPUs, torch's under compile)."""
         logits = self.model.compute_logits(self.model(input_ids, positions, meta))
-        return logits, logits.argmax(dim=-1)
+        return logits, kernels.greedy_argmax(logits)
 
     def _uses_decode_path(self, scheduled: list[ScheduledSeq]) -> bool:
         graphs = self.decode_graphs

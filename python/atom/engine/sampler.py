@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from atom import kernels
 from atom.engine.sequence import Sequence
 
 
@@ -82,7 +83,7 @@ class Sampler:
         rand = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if greedy:
             idx = torch.tensor(greedy, device=logits.device)
-            tokens[idx] = logits[idx].argmax(dim=-1)
+            tokens[idx] = kernels.greedy_argmax(logits[idx])
         if rand:
             idx = torch.tensor(rand, device=logits.device)
             tokens[idx] = self._sample(logits[idx], [seqs[i] for i in rand])

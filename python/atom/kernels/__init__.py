@@ -13,7 +13,7 @@ import torch
 from atom.forward_context import AttentionMetadata
 from atom.kernels import backends as _backends  # noqa: F401  (registers every usable backend)
 from atom.kernels import opaque
-from atom.kernels.registry import pick
+from atom.kernels.registry import pick, register
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -150,15 +150,41 @@ def fused_gemv(
     act: str | None = None,
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Small-batch linear layer with a fused prologue / epilogue: out [M, N] =
     prologue(x) @ weight^T (+ bias) (+ residual), prologue = rms_norm(., norm_weight, eps) or
     act="silu_and_mul" (x [M, 2K]) or none; weight [N, K]; ``out`` may be ``residual`` (in place).
-    The Triton kernel takes M <= 32 (decode); larger M runs the unfused ops
-    (atom/kernels/reference/gemv.py, atom/kernels/triton/gemv.py). Under torch.compile: one
-    opaque node that returns a fresh tensor (use the return value, pass no ``out``)."""
+    ``out_dtype``: None (x's dtype) or torch.float32 (the kernel stores its fp32 sum unrounded;
+    the unfused fallback casts its result). The Triton kernel takes M <= 32 (decode); larger M
+    runs the unfused ops (atom/kernels/reference/gemv.py, atom/kernels/triton/gemv.py). Under
+    torch.compile: one opaque node that returns a fresh tensor (use the return value, pass no
+    ``out``)."""
     if torch.compiler.is_compiling():
-        return opaque.fused_gemv(x, weight, bias, norm_weight, eps, act, residual, out)
+        return opaque.fused_gemv(x, weight, bias, norm_weight, eps, act, residual, out, out_dtype)
     return pick("fused_gemv", x.device.type)(
-        x, weight, bias, norm_weight=norm_weight, eps=eps, act=act, residual=residual, out=out
-    )
+        x, weight, bias, norm_weight=norm_weight, eps=eps, act=act, residual=residual, out=out,
+        out_dtype=out_dtype,
+    )  # fmt: skip
+
+
+def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] (any float dtype, last dim contiguous) -> [B] int64 = torch.argmax(logits,
+    dim=-1): ties to the lowest index, a NaN above everything (the first NaN's index). The Triton
+    kernel (atom/kernels/triton/argmax.py) spreads a long row over many programs; torch.compile
+    traces torch's argmax instead (inductor generates and fuses its own reduction)."""
+    if torch.compiler.is_compiling():
+        return logits.argmax(dim=-1)
+    return pick("greedy_argmax", logits.device.type)(logits)
+
+
+@register("greedy_argmax", "torch")
+def greedy_argmax_reference(logits: torch.Tensor) -> torch.Tensor:
+    """The torch reference of greedy_argmax (and its implementation on the CPU)."""
+    return logits.argmax(dim=-1)
+
+
+try:  # the Triton greedy_argmax (CUDA); backends.py registers the other Triton kernels
+    from atom.kernels.triton import argmax as _triton_argmax  # noqa: F401, E402
+except ImportError:  # pragma: no cover - triton not installed
+    _triton_argmax = None
