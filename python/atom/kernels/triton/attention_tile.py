@@ -255,12 +255,11 @@ def _scores(
 @triton.jit
 def _accumulate(acc, alpha, p, v, dtype: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 CPU_BF16: tl.constexpr):  # fmt: skip
-    """acc * alpha + P.V, with the rescaled acc as the dot's accumulator: the tensor cores add
-    P.V into it in place (no separate [M, D] fp32 add, fewer live registers)."""
-    acc = acc * alpha[:, None]
+    """acc * alpha + P.V. (Passing the rescaled acc to tl.dot as its accumulator measured slower
+    on the H100: decode at batch 64, context 4096 read 2593 GB/s instead of 2894; prefill the same.)"""
     p = _dot_operand(p, dtype, CPU_BF16)
     v = _dot_operand(v, dtype, CPU_BF16)
-    return tl.dot(p, v, acc, input_precision=DOT_PRECISION)
+    return acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
 
 
 # A finite "minus infinity" for the initial running max: max(NEG_BIG, -inf) stays finite, so the

@@ -1,7 +1,8 @@
 """Unified paged attention: any mix of prefill chunks and decodes in one launch.
 
-Work split: the grid is (query tiles, KV heads). A query tile holds BLOCK_Q consecutive new tokens of
-one sequence times the GROUP = Hq / Hkv query heads that share a KV head, stacked as the
+Work split: one program per (query tile, KV head), the heads of a tile adjacent in launch order
+(see the kernel). A query tile holds BLOCK_Q consecutive new tokens of one sequence times the
+GROUP = Hq / Hkv query heads that share a KV head, stacked as the
 BLOCK_M = BLOCK_Q * GROUP rows of the dot (row r = token r // GROUP, head r % GROUP). So each K/V
 tile is read once for the whole GQA group, and a decode row (one token) still fills a 16-row dot
 when GROUP is small.
@@ -9,7 +10,7 @@ when GROUP is small.
 Tile numbering without a host sync: with c_b = cu_q[b] - cu_q[0], sequence b owns tiles
 [c_b // BLOCK_Q + b, c_{b+1} // BLOCK_Q + b + 1), which covers its ceil(q_len / BLOCK_Q) tiles and
 is increasing in b. A program finds its sequence by binary search over cu_seqlens_q; surplus tiles
-exit at once. The grid size, num_tokens // BLOCK_Q + num_seqs, comes from shapes only.
+exit at once. The tile count, num_tokens // BLOCK_Q + num_seqs, comes from shapes only.
 (cu_q[0] may be nonzero: the dispatcher can hand a tail of the batch's sequences to this kernel.)
 
 Per tile the keys [lo, p1] are visited in three phases so that only boundary tiles pay for masks
@@ -244,6 +245,7 @@ def _unified_attention_kernel(
     k_new_desc,  # NEW_KV_DESCRIPTORS: descriptors of k_new/v_new as [T, Hkv * D], [BLOCK_N, D] blocks
     v_new_desc,
     GROUP: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -265,10 +267,12 @@ def _unified_attention_kernel(
     block_tables_ptr += first_seq * stride_bt_seq
     seq_lens_ptr += first_seq
     cu_seqlens_q_ptr += first_seq
-    # Highest tiles first: under the causal mask the last tiles of a sequence see the most keys,
-    # so launching them first leaves the light ones for the tail of the grid.
-    tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
-    kv_head = tl.program_id(1)
+    # Highest tiles first, every KV head of a tile together: under the causal mask the last tiles
+    # of a sequence see the most keys, so launching them first leaves the light ones for the tail
+    # of the grid (a 2-D grid would run all tiles of head 0 before any of head 1, the heavy tiles
+    # of the last head at the end).
+    tile_id = tl.num_programs(0) // NUM_KV_HEADS - 1 - tl.program_id(0) // NUM_KV_HEADS
+    kv_head = tl.program_id(0) % NUM_KV_HEADS
     first_token = tl.load(cu_seqlens_q_ptr)
     seq = _find_sequence(cu_seqlens_q_ptr, first_token, num_seqs, tile_id, BLOCK_Q)
     q_start = tl.load(cu_seqlens_q_ptr + seq)
@@ -434,7 +438,7 @@ def unified_attention(
     block_q = cfg.block_m // group
     if num_seqs == 0 or num_tokens == 0:
         return out
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
+    grid = ((num_tokens // block_q + num_seqs) * num_kv_heads,)
     dot_precision, cpu_bf16 = dot_settings(q)
     dummy = seq_lens  # any device tensor, for pointer arguments that a constexpr flag disables
     if k_new is None:
@@ -456,7 +460,7 @@ def unified_attention(
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0), *new_kv, *descs,
-        GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, BLOCK_N=cfg.block_n,
+        GROUP=group, NUM_KV_HEADS=num_kv_heads, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, BLOCK_N=cfg.block_n,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,

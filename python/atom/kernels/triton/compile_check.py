@@ -196,7 +196,7 @@ def _kernel_and_constexprs(v: Variant, target: GPUTarget):
                      USE_WINDOW=v.window, HAS_K_SCALE=v.scales)  # fmt: skip
     if v.kernel == "unified":
         return _unified_attention_kernel, dict(
-            attention, BLOCK_M=v.block_m, BLOCK_Q=v.block_m // v.group,
+            attention, BLOCK_M=v.block_m, BLOCK_Q=v.block_m // v.group, NUM_KV_HEADS=8,
             USE_NEW_KV=v.keys != "cache", CACHE_KEYS=v.keys != "new",
             NEW_KV_DESCRIPTORS=v.descriptors,
             **({} if v.descriptors else dict(k_new_desc=None, v_new_desc=None)),
