@@ -10,7 +10,7 @@ partial output o_s = acc_s / l_s and log-sum-exp lse_s = m_s + log2(l_s) (log2 d
 workspace and a second kernel combines them (Dao et al., "Flash-Decoding", 2023):
     M = max(max_s lse_s, sink),  w_s = 2^(lse_s - M),
     out = v_scale * sum_s w_s o_s / (sum_s w_s + 2^(sink - M)).
-An empty split (short sequence) writes lse = -inf and o = 0, so the combine reads every split.
+An empty split (short sequence) writes only lse = -inf; the combine skips its partial output.
 
 CUDA graphs: ``decode_attention`` sizes its grid from the shapes of its arguments and the fixed
 ``num_splits`` only; it never reads a device value on the host. What must stay persistent between
@@ -269,7 +269,9 @@ def _decode_split_kernel(
         num_heads = tl.num_programs(1) * GROUP
         base = (seq.to(tl.int64) * num_heads + head) * num_splits + split
         tl.store(part_lse_ptr + base, lse, mask=row_valid)
-        tl.store(part_out_ptr + base[:, None] * HEAD_DIM + offs_d[None, :], part, mask=row_mask)
+        # An empty split's partial output is never read (the combine masks lse = -inf).
+        tl.store(part_out_ptr + base[:, None] * HEAD_DIM + offs_d[None, :], part,
+                 mask=row_mask & has_keys[:, None])  # fmt: skip
 
 
 @triton.jit
@@ -368,7 +370,9 @@ def _decode_combine_kernel(
     denom = tl.sum(w, 0)
     if HAS_SINKS:
         denom += tl.exp2(sink - m_safe)
-    o_mask = (splits[:, None] < num_splits) & (offs_d[None, :] < HEAD_DIM)
+    # Empty splits (lse = -inf, weight 0) wrote no partial output: do not read it. Graphs fix
+    # num_splits for the longest context, so at short contexts most splits are empty.
+    o_mask = (lse[:, None] > float("-inf")) & (offs_d[None, :] < HEAD_DIM)
     parts = tl.load(
         part_out_ptr + (base + splits)[:, None] * HEAD_DIM + offs_d[None, :], mask=o_mask, other=0.0
     )
