@@ -67,7 +67,13 @@ VARIANTS = [
     Variant("prefill bf16 d80", "unified", head_dim=80, block_n=128),
     Variant("prefill bf16 d128, new K/V", "unified", block_n=128, keys="new"),
     Variant(
-        "prefill bf16 d128, new K/V by TMA", "unified", block_n=128, keys="new", descriptors=True
+        "prefill bf16 d128, new K/V by TMA",
+        "unified",
+        block_m=64,
+        block_n=64,
+        num_warps=4,
+        keys="new",
+        descriptors=True,
     ),  # fmt: skip
     Variant(
         "chunked prefill bf16 d128, new K/V by TMA + cache",
