@@ -7,14 +7,10 @@ with lo = max(0, seq_len - W) under a sliding window. Each K/V byte is read by o
 
 With num_splits == 1 the kernel writes the final output. Otherwise each split writes its normalised
 partial output o_s = acc_s / l_s and log-sum-exp lse_s = m_s + log2(l_s) (log2 domain) into a
-workspace, and the last split of a (sequence, KV head) to finish combines them (Dao et al.,
-"Flash-Decoding", 2023) for its GROUP heads:
+workspace and a second kernel combines them (Dao et al., "Flash-Decoding", 2023):
     M = max(max_s lse_s, sink),  w_s = 2^(lse_s - M),
     out = v_scale * sum_s w_s o_s / (sum_s w_s + 2^(sink - M)).
-"Last" is counted with an atomic per (sequence, KV head) in the workspace, reset to 0 by the
-combining program, so a batch-1 decode layer is one kernel, not two (a second kernel cost ~1.5 us
-a layer on the H100). An empty split (short sequence) writes only lse = -inf; the combine skips
-its partial output.
+An empty split (short sequence) writes only lse = -inf; the combine skips its partial output.
 
 CUDA graphs: ``decode_attention`` sizes its grid from the shapes of its arguments and the fixed
 ``num_splits`` only; it never reads a device value on the host. What must stay persistent between
@@ -22,11 +18,11 @@ capture and replay (same storage, new contents): q, out, key/value caches, block
 cu_seqlens_q, sinks, k_scale, v_scale and the DecodeWorkspace. Padding sequences of a captured
 batch may have seq_len 0: they read nothing and write zeros.
 
-PDL (programmatic dependent launch, atom.kernels.triton.pdl; on for Hopper+ unless ATOM_PDL=0): the
-kernel calls ``gdc_wait`` first, before any load (q, the caches, seq_lens and block tables are all
-written within the step) and before the early exit of an empty sequence, then
-``gdc_launch_dependents`` so that the next kernel (the o-projection GEMV, which prefetches its
-weight) can be scheduled while this one runs. What overlaps the previous kernel is
+PDL (programmatic dependent launch, atom.kernels.triton.pdl; on for Hopper+ unless ATOM_PDL=0): both
+kernels call ``gdc_wait`` first, before any load (q, the caches, seq_lens, block tables and the
+split partials are all written within the step) and before the early exit of an empty sequence,
+then ``gdc_launch_dependents`` so that the next kernel (the combine, or the o-projection GEMV that
+prefetches its weight) can be scheduled while this one runs. What overlaps the previous kernel is
 the launch and the program-id math; nothing is read early. The captured graph keeps these edges;
 the persistence contract above is unchanged.
 """
@@ -103,7 +99,7 @@ class DecodeRope:
 class DecodeWorkspace:
     """Scratch for split partials; allocate once per (max batch, num_splits) and keep it alive
     across CUDA-graph capture and replay. out: [max_seqs, Hq, num_splits, D] fp32,
-    lse: [max_seqs, Hq, num_splits] fp32, counters: [max_seqs * Hq] int32."""
+    lse: [max_seqs, Hq, num_splits] fp32."""
 
     def __init__(self, max_num_seqs, num_heads, head_dim, num_splits, device):
         if not 1 <= num_splits <= MAX_SPLITS:
@@ -112,8 +108,6 @@ class DecodeWorkspace:
         shape = (max_num_seqs, num_heads, num_splits)
         self.out = torch.empty(*shape, head_dim, dtype=torch.float32, device=device)
         self.lse = torch.empty(*shape, dtype=torch.float32, device=device)
-        # Arrivals per (sequence, KV head); the combining split resets its count to 0.
-        self.counters = torch.zeros(max_num_seqs * num_heads, dtype=torch.int32, device=device)
 
 
 @triton.jit(do_not_specialize=["window", "num_splits", "stride_bt_seq"])
@@ -124,7 +118,6 @@ def _decode_split_kernel(
     out_ptr,  # [T, Hq, D] (not SPLIT)
     part_out_ptr,  # [num_seqs, Hq, num_splits, D] fp32 (SPLIT)
     part_lse_ptr,  # [num_seqs, Hq, num_splits] fp32
-    counters_ptr,  # [num_seqs * Hkv] int32, zero between calls (SPLIT)
     block_tables_ptr,
     seq_lens_ptr,
     cu_seqlens_q_ptr,
@@ -164,8 +157,7 @@ def _decode_split_kernel(
     BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     D_PAD: tl.constexpr,
-    SPLIT: tl.constexpr,  # num_splits > 1: write partials; the last split combines them
-    SPLITS_PAD: tl.constexpr,  # a power of two >= num_splits (SPLIT)
+    SPLIT: tl.constexpr,  # num_splits > 1: write partials for the combine kernel
     USE_WINDOW: tl.constexpr,
     HAS_SINKS: tl.constexpr,
     HAS_K_SCALE: tl.constexpr,
@@ -223,7 +215,7 @@ def _decode_split_kernel(
     acc = tl.zeros([GROUP_PAD, D_PAD], dtype=tl.float32)
     m_i = tl.full([GROUP_PAD], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
-    if HAS_SINKS and not SPLIT:  # else the combine adds the sink
+    if HAS_SINKS and not SPLIT:  # else the combine kernel adds the sink
         m_i = tl.load(sinks_ptr + head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
         l_i = tl.full([GROUP_PAD], 1.0, dtype=tl.float32)
 
@@ -280,19 +272,6 @@ def _decode_split_kernel(
         # An empty split's partial output is never read (the combine masks lse = -inf).
         tl.store(part_out_ptr + base[:, None] * HEAD_DIM + offs_d[None, :], part,
                  mask=row_mask & has_keys[:, None])  # fmt: skip
-        # The last of the sequence's splits to get here combines (no second kernel). The barrier
-        # orders every thread's stores before the counter's release; the acquire makes the other
-        # splits' partials visible to the loads below (which bypass L1).
-        tl.debug_barrier()
-        counter = counters_ptr + seq * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
-            for g in tl.static_range(GROUP):
-                _combine_head(
-                    out_ptr, part_out_ptr, part_lse_ptr, sinks_ptr, v_scale_ptr, q_tok, seq,
-                    kv_head * GROUP + g, num_heads, num_splits, stride_o_tok, stride_o_head,
-                    HEAD_DIM, D_PAD, SPLITS_PAD, HAS_SINKS, HAS_V_SCALE, CPU_BF16,
-                )  # fmt: skip
-            tl.store(counter, 0)  # ready for the next call (or graph replay)
 
 
 @triton.jit
@@ -351,19 +330,37 @@ def _attend_new_key(
     return acc, m_new, l_i
 
 
-@triton.jit
-def _combine_head(
-    out_ptr, part_out_ptr, part_lse_ptr, sinks_ptr, v_scale_ptr, q_tok, seq, head, num_heads,
-    num_splits, stride_o_tok, stride_o_head, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    SPLITS_PAD: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_V_SCALE: tl.constexpr,
+@triton.jit(do_not_specialize=["num_splits"])
+def _decode_combine_kernel(
+    out_ptr,  # [T, Hq, D]
+    part_out_ptr,  # [num_seqs, Hq, num_splits, D] fp32
+    part_lse_ptr,  # [num_seqs, Hq, num_splits] fp32
+    cu_seqlens_q_ptr,
+    sinks_ptr,
+    v_scale_ptr,
+    stride_o_tok,
+    stride_o_head,
+    num_splits,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,  # a power of two >= num_splits
+    HAS_SINKS: tl.constexpr,
+    HAS_V_SCALE: tl.constexpr,
     CPU_BF16: tl.constexpr,
-):  # fmt: skip
-    """Merges one head's split partials into its output row (module docstring)."""
+    USE_PDL: tl.constexpr = False,
+):
+    if USE_PDL:  # the partials are the split kernel's output
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    q_tok = tl.load(cu_seqlens_q_ptr + seq)
+    if tl.load(cu_seqlens_q_ptr + seq + 1) == q_tok:
+        return
     splits = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, D_PAD)
-    base = (seq.to(tl.int64) * num_heads + head) * num_splits
-    lse = tl.load(part_lse_ptr + base + splits, mask=splits < num_splits, other=float("-inf"),
-                  cache_modifier=".cg")  # fmt: skip
+    base = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_splits
+    lse = tl.load(part_lse_ptr + base + splits, mask=splits < num_splits, other=float("-inf"))
     m = tl.max(lse, 0)
     if HAS_SINKS:
         sink = tl.load(sinks_ptr + head).to(tl.float32) * LOG2E
@@ -376,8 +373,9 @@ def _combine_head(
     # Empty splits (lse = -inf, weight 0) wrote no partial output: do not read it. Graphs fix
     # num_splits for the longest context, so at short contexts most splits are empty.
     o_mask = (lse[:, None] > float("-inf")) & (offs_d[None, :] < HEAD_DIM)
-    parts = tl.load(part_out_ptr + (base + splits)[:, None] * HEAD_DIM + offs_d[None, :],
-                    mask=o_mask, other=0.0, cache_modifier=".cg")  # fmt: skip
+    parts = tl.load(
+        part_out_ptr + (base + splits)[:, None] * HEAD_DIM + offs_d[None, :], mask=o_mask, other=0.0
+    )
     out = tl.sum(parts * w[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
     if HAS_V_SCALE:
         out = out * tl.load(v_scale_ptr).to(tl.float32)
@@ -405,7 +403,7 @@ def decode_attention(
     config: DecodeConfig | None = None,
     rope: DecodeRope | None = None,
 ) -> torch.Tensor:
-    """Launches the split kernel (which also combines when num_splits > 1). Host work is only
+    """Launches the split kernel (and the combine kernel when num_splits > 1). Host work is only
     shape arithmetic, so this is safe to capture in a CUDA graph with a persistent workspace.
     rope: q and rope.k are raw; the kernel norms and rotates them and writes the cache (the
     cache must not hold this step's keys yet; the rows' slots are overwritten)."""
@@ -431,16 +429,14 @@ def decode_attention(
                 f"workspace of shape {tuple(workspace.out.shape)} does not fit {num_seqs} seqs x"
                 f" {num_heads} heads x {num_splits} splits x head_dim {head_dim}"
             )
-        part_out, part_lse, counters = workspace.out, workspace.lse, workspace.counters
+        part_out, part_lse = workspace.out, workspace.lse
     else:
         part_out = part_lse = out  # unused
-        counters = seq_lens
     dot_precision, cpu_bf16 = dot_settings(q)
     pdl = pdl_enabled(q.device)
     dummy = seq_lens
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, key_cache, value_cache, out, part_out, part_lse, counters, block_tables, seq_lens,
-        cu_seqlens_q,
+        q, key_cache, value_cache, out, part_out, part_lse, block_tables, seq_lens, cu_seqlens_q,
         dummy if sinks is None else sinks,
         dummy if k_scale is None else k_scale,
         dummy if v_scale is None else v_scale,
@@ -451,12 +447,21 @@ def decode_attention(
         block_tables.stride(0), *_rope_arguments(rope, dummy),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, SPLIT=num_splits > 1,
-        SPLITS_PAD=triton.next_power_of_2(num_splits),
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
         DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, **_rope_constexprs(rope, key_cache),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )  # fmt: skip
+    if num_splits > 1:
+        _decode_combine_kernel[(num_seqs, num_heads)](
+            out, part_out, part_lse, cu_seqlens_q,
+            dummy if sinks is None else sinks,
+            dummy if v_scale is None else v_scale,
+            out.stride(0), out.stride(1), num_splits,
+            HEAD_DIM=head_dim, D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(num_splits),
+            HAS_SINKS=sinks is not None, HAS_V_SCALE=v_scale is not None, CPU_BF16=cpu_bf16,
+            USE_PDL=pdl, num_warps=4 if head_dim >= 128 else 2, **launch_options(pdl),
+        )  # fmt: skip
     return out
 
 

@@ -30,7 +30,7 @@ TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "gfx942": GPUTarget("hip", "gfx942
 @dataclass
 class Variant:
     name: str
-    kernel: str  # "unified" | "decode"
+    kernel: str  # "unified" | "decode" | "combine"
     dtype: str = "bf16"
     cache: str = "bf16"
     head_dim: int = 128
@@ -152,6 +152,15 @@ VARIANTS = [
         scales=True,
         rope="gptj",
     ),  # fmt: skip
+    Variant(
+        "combine bf16 d128 split 8",
+        "combine",
+        num_warps=4,
+        num_stages=1,
+        num_splits=8,
+        sinks=True,
+        scales=True,
+    ),  # fmt: skip
 ]
 
 
@@ -161,7 +170,7 @@ def _signature(fn, v: Variant, constexprs: dict, target: GPUTarget) -> tuple[dic
         "q_ptr": v.dtype, "out_ptr": v.dtype, "k_cache_ptr": cache, "v_cache_ptr": cache,
         "k_new_ptr": v.dtype, "v_new_ptr": v.dtype, "positions_ptr": "i64",
         "slot_mapping_ptr": "i64", "cos_sin_ptr": "fp32", "q_norm_w_ptr": v.dtype,
-        "k_norm_w_ptr": v.dtype, "counters_ptr": "i32",
+        "k_norm_w_ptr": v.dtype,
         "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "sinks_ptr": "fp32",
         "k_scale_ptr": "fp32", "v_scale_ptr": "fp32",
     }  # fmt: skip
@@ -182,7 +191,7 @@ def _signature(fn, v: Variant, constexprs: dict, target: GPUTarget) -> tuple[dic
 
 
 def _kernel_and_constexprs(v: Variant, target: GPUTarget):
-    from atom.kernels.triton.attention_decode import _decode_split_kernel
+    from atom.kernels.triton.attention_decode import _decode_combine_kernel, _decode_split_kernel
     from atom.kernels.triton.attention_unified import _unified_attention_kernel
 
     d_pad = max(16, triton.next_power_of_2(v.head_dim))
@@ -205,10 +214,10 @@ def _kernel_and_constexprs(v: Variant, target: GPUTarget):
             rope = dict(ROPE=True, QK_NORM="norm" in v.rope, ROT_DIM=v.head_dim,
                         IS_NEOX=v.rope.startswith("neox"))  # fmt: skip
         return _decode_split_kernel, dict(
-            attention, **pdl, **rope, GROUP_PAD=group_pad, SPLIT=v.num_splits > 1,
-            SPLITS_PAD=triton.next_power_of_2(v.num_splits),
-        )  # fmt: skip
-    raise ValueError(f"unknown kernel {v.kernel!r}")
+            attention, **pdl, **rope, GROUP_PAD=group_pad, SPLIT=v.num_splits > 1
+        )
+    splits_pad = triton.next_power_of_2(v.num_splits)
+    return _decode_combine_kernel, dict(common, **pdl, SPLITS_PAD=splits_pad, CPU_BF16=False)
 
 
 def _resource_usage(cubin: bytes) -> dict:
