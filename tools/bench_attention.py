@@ -41,7 +41,10 @@ from atom.kernels.reference.attention import gather_kv  # noqa: E402
 from atom.kernels.reference.attention import paged_attention as reference_attention  # noqa: E402
 from atom.kernels.triton import DecodeConfig, UnifiedConfig, paged_attention  # noqa: E402
 from atom.kernels.triton.attention_decode import default_decode_config  # noqa: E402
-from atom.kernels.triton.attention_unified import default_unified_config  # noqa: E402
+from atom.kernels.triton.attention_unified import (  # noqa: E402
+    default_unified_config,
+    descriptors_usable,
+)
 from atom.kernels.triton.paged_attention import _num_sms  # noqa: E402
 from atom.kernels.triton.paged_testing import make_paged_batch, new_kv_views  # noqa: E402
 from bench_common import (  # noqa: E402
@@ -62,7 +65,7 @@ DECODE_CANDIDATES = [
 DECODE_FP8_CANDIDATES = [
     DecodeConfig(128, 4, 2), DecodeConfig(64, 4, 2), DecodeConfig(128, 8, 2), DecodeConfig(128, 4, 3),
 ]  # fmt: skip
-PREFILL_CANDIDATES = [
+PREFILL_CANDIDATES = [  # m64n64w4s3 is the default with TMA-fed K/V (contiguous, sm90+)
     UnifiedConfig(128, 128, 8, 3), UnifiedConfig(128, 128, 8, 4), UnifiedConfig(128, 128, 8, 2),
     UnifiedConfig(128, 64, 8, 3), UnifiedConfig(128, 64, 8, 2), UnifiedConfig(64, 64, 4, 3),
     UnifiedConfig(128, 32, 8, 4), UnifiedConfig(128, 64, 8, 4), UnifiedConfig(64, 64, 4, 4),
@@ -204,8 +207,10 @@ def bench_prefill(shape, device, new_tokens, prefix, sweep=True) -> dict:
     }  # fmt: skip
     for read in PREFILL_READS:
         two_sources = read == "contiguous" and prefix > 0
+        tma = read == "contiguous" and not prefix and descriptors_usable(k_new, v_new, d_pad)
         default_cfg = default_unified_config(new_tokens, h // hkv, d_pad, torch.bfloat16,
-                                             two_sources=two_sources)  # fmt: skip
+                                             two_sources=two_sources, new_kv=read == "contiguous",
+                                             descriptors=tma)  # fmt: skip
         default = prefill_name(default_cfg)
         runs = {}
         for cfg in PREFILL_CANDIDATES if sweep else [default_cfg]:
