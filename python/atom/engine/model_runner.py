@@ -431,7 +431,7 @@ class ModelRunner:
         if not seqs:
             return {}
         if all(_plain_greedy(seq) for seq in seqs):
-            tokens = (logits.argmax(dim=-1) if greedy is None else greedy).tolist()
+            tokens = (kernels.greedy_argmax(logits) if greedy is None else greedy).tolist()
             return {seq.seq_id: (tok, None) for seq, tok in zip(seqs, tokens)}
         out: SamplerOutput = self.sampler(logits, seqs)
         return {seq.seq_id: (tok, lp) for seq, tok, lp in zip(seqs, out.token_ids, out.logprobs)}

@@ -184,7 +184,7 @@ def _decode_split_kernel(
     kv_lo = 0
     if USE_WINDOW:
         kv_lo = tl.maximum(seq_len - window, 0)
-    # With ROPE the cache holds the keys before the new one (written below, by split 0).
+    # With ROPE the cache holds the keys before the new one (written below, by the last split).
     kv_hi = tl.maximum(seq_len - 1, 0) if ROPE else seq_len
     per_split = tl.cdiv(tl.cdiv(tl.maximum(kv_hi - kv_lo, 0), num_splits), BLOCK_N) * BLOCK_N
     split_lo = kv_lo + split * per_split
@@ -219,6 +219,20 @@ def _decode_split_kernel(
         m_i = tl.load(sinks_ptr + head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
         l_i = tl.full([GROUP_PAD], 1.0, dtype=tl.float32)
 
+    # The new key goes to the last split, which at short contexts has no cache keys (graphs fix
+    # the split count for the longest context), so it runs beside the splits that read the
+    # cache; and it comes first (online softmax is order-free), so its loads wait for nothing.
+    if ROPE:  # noqa: SIM102 (a constexpr and a tensor condition)
+        if (split == num_splits - 1) & (seq_len > 0):
+            acc, m_i, l_i = _attend_new_key(
+                acc, m_i, l_i, q, q_tok, kv_head, qk_scale, k_new_ptr, v_new_ptr, cos_sin_row,
+                k_norm_w_ptr, norm_eps, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr,
+                slot_mapping_ptr, stride_kn_tok, stride_kn_head, stride_vn_tok, stride_vn_head,
+                stride_k_block, stride_k_tok, stride_k_head, stride_v_block, stride_v_tok,
+                stride_v_head, q_ptr.dtype.element_ty, BLOCK_SIZE, HEAD_DIM, D_PAD, ROT_DIM,
+                IS_NEOX, QK_NORM, HAS_K_SCALE, HAS_V_SCALE, FP8_MAX, CPU_BF16,
+            )  # fmt: skip
+
     k_head_ptr = k_cache_ptr + kv_head * stride_k_head
     v_head_ptr = v_cache_ptr + kv_head * stride_v_head
     bt_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
@@ -239,17 +253,6 @@ def _decode_split_kernel(
             offs_d, BLOCK_N, BLOCK_SIZE, HEAD_DIM, D_PAD, True, False, False, DOT_PRECISION,
             CPU_BF16,
         )  # fmt: skip
-
-    if ROPE:  # noqa: SIM102 (a constexpr and a tensor condition)
-        if (split == 0) & (seq_len > 0):
-            acc, m_i, l_i = _attend_new_key(
-                acc, m_i, l_i, q, q_tok, kv_head, qk_scale, k_new_ptr, v_new_ptr, cos_sin_row,
-                k_norm_w_ptr, norm_eps, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr,
-                slot_mapping_ptr, stride_kn_tok, stride_kn_head, stride_vn_tok, stride_vn_head,
-                stride_k_block, stride_k_tok, stride_k_head, stride_v_block, stride_v_tok,
-                stride_v_head, q_ptr.dtype.element_ty, BLOCK_SIZE, HEAD_DIM, D_PAD, ROT_DIM,
-                IS_NEOX, QK_NORM, HAS_K_SCALE, HAS_V_SCALE, FP8_MAX, CPU_BF16,
-            )  # fmt: skip
 
     if not SPLIT:
         safe_l = tl.where(l_i > 0.0, l_i, 1.0)  # seq_len 0 (graph padding): write zeros
