@@ -151,7 +151,6 @@ def fused_gemv(
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
-    prefetch: bool | None = None,
 ) -> torch.Tensor:
     """Small-batch linear layer with a fused prologue / epilogue: out [M, N] =
     prologue(x) @ weight^T (+ bias) (+ residual), prologue = rms_norm(., norm_weight, eps) or
@@ -160,12 +159,12 @@ def fused_gemv(
     the unfused fallback casts its result). The Triton kernel takes M <= 32 (decode); larger M
     runs the unfused ops (atom/kernels/reference/gemv.py, atom/kernels/triton/gemv.py). Under
     torch.compile: one opaque node that returns a fresh tensor (use the return value, pass no
-    ``out``). ``prefetch``: a hint to the GPU kernel (see atom/kernels/triton/gemv.py)."""
+    ``out``)."""
     if torch.compiler.is_compiling():
         return opaque.fused_gemv(x, weight, bias, norm_weight, eps, act, residual, out, out_dtype)
     return pick("fused_gemv", x.device.type)(
         x, weight, bias, norm_weight=norm_weight, eps=eps, act=act, residual=residual, out=out,
-        out_dtype=out_dtype, prefetch=prefetch,
+        out_dtype=out_dtype,
     )  # fmt: skip
 
 

@@ -84,9 +84,7 @@ def forward(layer: nn.Module, positions, hidden, residual, meta):
     )  # fmt: skip
     q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
     a = attn.attn(q, k, v, positions, meta)
-    # The attention before it occupies few SMs: the o-projection's programs load their first
-    # weight tile meanwhile (measured on the H100, Llama-3-8B batch 1: see fused_gemv).
-    h = kernels.fused_gemv(a, attn.o_proj.weight, attn.o_proj.bias, residual=h, prefetch=True)
+    h = kernels.fused_gemv(a, attn.o_proj.weight, attn.o_proj.bias, residual=h)
     post = layer.post_attention_layernorm
     gate_up = kernels.fused_gemv(
         h, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, norm_weight=post.weight, eps=post.eps

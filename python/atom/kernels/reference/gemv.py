@@ -112,7 +112,6 @@ def fused_gemv_reference(
     out: torch.Tensor | None = None,
     config: object = None,  # the Triton kernel's block config; ignored here
     out_dtype: torch.dtype | None = None,
-    prefetch: bool | None = None,  # the Triton kernel's weight prefetch; ignored here
 ) -> torch.Tensor:
     check_gemv_args(x, weight, bias, norm_weight, act, residual, out, out_dtype)
     return compose_gemv(x, weight, bias, norm_weight, eps, act, residual, out, out_dtype=out_dtype)

@@ -365,7 +365,6 @@ def fused_gemv(
     out: torch.Tensor | None = None,
     config: GemvConfig | None = None,
     out_dtype: torch.dtype | None = None,
-    prefetch: bool | None = None,
 ) -> torch.Tensor:
     """prologue(x) @ weight^T (+ bias) (+ residual) -> out [M, N] in ``out_dtype`` (None: x's
     dtype; fp32: the accumulator unrounded) (module docstring). x [M, K] (or [M, 2K] with
@@ -394,10 +393,8 @@ def fused_gemv(
     # them launch latency is the cost and the prefetch hides it (SmolLM2: 0.76 -> 0.59 ms a step,
     # with PDL in the other kernels too); for large ones the peeled first step cost 0.25 ms a step
     # (Llama-3-8B, 5.83 -> 6.08 ms), while PDL with the plain loop gains 0.1 ms (5.85 -> 5.75).
-    # A caller that knows the previous kernel leaves most SMs idle (the o-projection after the
-    # decode attention) passes prefetch=True: its programs are resident early and load meanwhile.
     pdl = pdl_enabled(x.device)
-    prefetch = pdl and (weight.numel() <= SMALL_WEIGHT if prefetch is None else prefetch)
+    prefetch = pdl and weight.numel() <= SMALL_WEIGHT
     dummy = weight  # never read when the matching flag is off
     _gemv_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight,
@@ -421,7 +418,7 @@ def fused_gemv(
 @register("fused_gemv", "triton", devices=("cuda",))
 def fused_gemv_registered(
     x, weight, bias=None, *, norm_weight=None, eps=1e-6, act=None, residual=None, out=None,
-    out_dtype=None, prefetch=None,
+    out_dtype=None,
 ) -> torch.Tensor:  # fmt: skip
     """The registry's entry: the kernel where it is the faster way, else the unfused sequence
     with the registry's rms_norm / silu_and_mul and a cuBLAS GEMM (same result up to rounding):
@@ -441,5 +438,5 @@ def fused_gemv_registered(
         )  # fmt: skip
     return fused_gemv(
         x, weight, bias, norm_weight=norm_weight, eps=eps, act=act, residual=residual, out=out,
-        out_dtype=out_dtype, prefetch=prefetch,
+        out_dtype=out_dtype,
     )  # fmt: skip
