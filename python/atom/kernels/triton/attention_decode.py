@@ -177,10 +177,12 @@ def _decode_split_kernel(
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    # The three loads go out together, before the early exit's test (one latency, not two).
     q_tok = tl.load(cu_seqlens_q_ptr + seq)
-    if tl.load(cu_seqlens_q_ptr + seq + 1) == q_tok:  # no new token for this sequence
-        return
+    q_end = tl.load(cu_seqlens_q_ptr + seq + 1)
     seq_len = tl.load(seq_lens_ptr + seq)
+    if q_end == q_tok:  # no new token for this sequence
+        return
     kv_lo = 0
     if USE_WINDOW:
         kv_lo = tl.maximum(seq_len - window, 0)
@@ -357,13 +359,19 @@ def _decode_combine_kernel(
         tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    q_tok = tl.load(cu_seqlens_q_ptr + seq)
-    if tl.load(cu_seqlens_q_ptr + seq + 1) == q_tok:
-        return
     splits = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, D_PAD)
     base = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_splits
+    # Every load goes out before the early exit's test: one latency, not three in a row.
+    q_tok = tl.load(cu_seqlens_q_ptr + seq)
+    q_end = tl.load(cu_seqlens_q_ptr + seq + 1)
     lse = tl.load(part_lse_ptr + base + splits, mask=splits < num_splits, other=float("-inf"))
+    o_mask = (splits[:, None] < num_splits) & (offs_d[None, :] < HEAD_DIM)
+    parts = tl.load(
+        part_out_ptr + (base + splits)[:, None] * HEAD_DIM + offs_d[None, :], mask=o_mask, other=0.0
+    )
+    if q_end == q_tok:
+        return
     m = tl.max(lse, 0)
     if HAS_SINKS:
         sink = tl.load(sinks_ptr + head).to(tl.float32) * LOG2E
@@ -373,12 +381,9 @@ def _decode_combine_kernel(
     denom = tl.sum(w, 0)
     if HAS_SINKS:
         denom += tl.exp2(sink - m_safe)
-    # Empty splits (lse = -inf, weight 0) wrote no partial output: do not read it. Graphs fix
-    # num_splits for the longest context, so at short contexts most splits are empty.
-    o_mask = (lse[:, None] > float("-inf")) & (offs_d[None, :] < HEAD_DIM)
-    parts = tl.load(
-        part_out_ptr + (base + splits)[:, None] * HEAD_DIM + offs_d[None, :], mask=o_mask, other=0.0
-    )
+    # Empty splits (lse = -inf, weight 0) wrote no partial output (graphs fix num_splits for the
+    # longest context, so at short contexts most splits are empty): what was loaded is not theirs.
+    parts = tl.where(lse[:, None] > float("-inf"), parts, 0.0)
     out = tl.sum(parts * w[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
     if HAS_V_SCALE:
         out = out * tl.load(v_scale_ptr).to(tl.float32)
