@@ -219,11 +219,11 @@ def test_kernel_warm_up_shapes_and_run(make_engine):
     """The GPU warm-up's steps: one per tile height, alone and after a decode over a cached
     prefix; run here on the CPU, before any request, the engine then serves as usual."""
     assert warm_up_shapes(16384, 4096, group=2) == [
-        [(256, 0)], [(8, 0)], [(16, 0)], [(32, 0)], [(255, 0)], [(1, 1), (256, 0)],
+        [(256, 0)], [(8, 0)], [(16, 0)], [(32, 0)], [(1, 1), (256, 0)],
         [(1, 256), (256, 256)], [(1, 256), (8, 256)], [(1, 256), (16, 256)], [(1, 256), (32, 256)],
     ]  # fmt: skip
     assert warm_up_shapes(16384, 4096, group=128) == [
-        [(256, 0)], [(255, 0)], [(1, 1), (256, 0)], [(1, 256), (256, 256)],
+        [(256, 0)], [(1, 1), (256, 0)], [(1, 256), (256, 256)],
     ]  # fmt: skip
     assert warm_up_shapes(2, 4096, group=4) == []  # a 1-token budget has no prompt steps
     engine = make_engine(block_size=4)
