@@ -18,6 +18,7 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 |                            | TMA tensor descriptors (attention_unified.descriptors_usable)    |
 | ATOM_DECODE_ROPE=0         | decode steps run the QK-norm/RoPE/cache-write op before the      |
 |                            | attention instead of inside the decode kernel (layers/attention) |
+| TRITON_INTERPRET=1         | (Triton's) kernels run in its CPU interpreter: no PDL, no TMA    |
 """
 
 from __future__ import annotations
@@ -81,3 +82,9 @@ def decode_rope() -> bool:
     """The GPU decode kernel does QK-norm, RoPE and the cache write itself (default on;
     ``ATOM_DECODE_ROPE=0`` runs fused_qk_norm_rope_cache first, as prefill steps do)."""
     return os.environ.get("ATOM_DECODE_ROPE", "1").strip().lower() in _TRUE
+
+
+def triton_interpreter() -> bool:
+    """Triton kernels run in its CPU interpreter (``TRITON_INTERPRET`` set and not 0): GPU-only
+    launch features (PDL, TMA descriptors) stay off."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -7,13 +7,10 @@ stride into NaN-filled buffers (DESIGN.md rule 11): a read past V would win the 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+
+from conftest import run_real_compiler
 
 NAN, INF = float("nan"), float("inf")
 
@@ -175,20 +172,8 @@ compile(_final_argmax_kernel, {"chunk_max_ptr": "*fp32", "chunk_idx_ptr": "*i32"
 def test_kernels_compile_for_sm90_without_spills(tmp_path):
     """The interpreter accepts code the compiler rejects: both stages through Triton's real
     pipeline for the H100 (bundled ptxas, no GPU), in a subprocess without TRITON_INTERPRET."""
-    import triton
-
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this triton has no bundled ptxas")
-    root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    run = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=300
-    )
-    report = run.stdout + run.stderr[-3000:]
-    assert run.returncode == 0, report
-    assert sum(line.startswith("ok ") for line in run.stdout.splitlines()) == 4, report
+    report = run_real_compiler(["-c", _COMPILE_SM90], tmp_path)
+    assert sum(line.startswith("ok ") for line in report.splitlines()) == 4, report
 
 
 # --------------------------------------------------------------------------- GPU

@@ -8,7 +8,6 @@ NaN-filled buffers (rule 11): the kernel must read only the [M, K] / [M, N] view
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from atom.kernels.reference.gemv import fused_gemv_reference
+from conftest import ROOT, run_real_compiler
 
 
 def _poisoned(rows: int, cols: int, values: torch.Tensor, pad: int = 8) -> torch.Tensor:
@@ -325,24 +325,8 @@ def test_default_configs_compile_for_sm90_without_spills(tmp_path):
     """The interpreter accepts code the compiler rejects: compile the default config of every real
     shape at M = 1..32 through Triton's real pipeline for the H100 (bundled ptxas, no GPU), in a
     subprocess with TRITON_INTERPRET unset, and require no register spills."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this triton has no bundled ptxas")
-    root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    run = subprocess.run(
-        [sys.executable, str(root / "tools" / "bench_gemv.py"), "--compile-check", "defaults"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    report = run.stdout + run.stderr[-3000:]
-    assert run.returncode == 0, report
+    bench = str(ROOT / "tools" / "bench_gemv.py")
+    report = run_real_compiler([bench, "--compile-check", "defaults"], tmp_path, timeout=600)
     assert sum(line.startswith("ok ") for line in report.splitlines()) >= 20, report
 
 
@@ -493,20 +477,5 @@ for m, n, k in ((1, 128256, 4096), (1, 49152, 576), (4, 1000, 256)):  # LM heads
 def test_fp32_output_compiles_for_sm90(tmp_path):
     """The LM-head variants (bf16 operands, fp32 out, default configs) through Triton's real
     pipeline for the H100, no GPU: no spills, 32-bit stores."""
-    import subprocess
-
-    import triton
-
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this triton has no bundled ptxas")
-    root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    run = subprocess.run(
-        [sys.executable, "-c", _COMPILE_FP32_OUT_SM90],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    report = run.stdout + run.stderr[-3000:]
-    assert run.returncode == 0, report
-    assert sum(line.startswith("ok ") for line in run.stdout.splitlines()) == 3, report
+    report = run_real_compiler(["-c", _COMPILE_FP32_OUT_SM90], tmp_path)
+    assert sum(line.startswith("ok ") for line in report.splitlines()) == 3, report

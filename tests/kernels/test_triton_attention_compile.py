@@ -8,17 +8,14 @@ with TRITON_INTERPRET unset. Needs Triton's bundled backends (ptxas, the AMD bac
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import triton
 
 from atom.kernels.triton.compile_check import VARIANTS
+from conftest import run_real_compiler
 
-ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = Path(triton.__file__).parent / "backends"
 AMD_SUBSET = ["prefill fp8 cache + window + sinks", "decode bf16 split 8 + window + sinks"]
 
@@ -34,15 +31,10 @@ def test_attention_kernels_compile(tmp_path, target, only, backend):
     """Every variant for the H100 (and no register spills); a subset for the MI300."""
     if not backend.exists():
         pytest.skip(f"this triton has no {backend}")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from an earlier cache
-    run = subprocess.run(
-        [sys.executable, "-m", "atom.kernels.triton.compile_check", "--target", target]
+    report = run_real_compiler(
+        ["-m", "atom.kernels.triton.compile_check", "--target", target]
         + (["--only", *only] if only else []),
-        env=env, capture_output=True, text=True, timeout=600,
+        tmp_path, timeout=600, needs_ptxas=target == "sm90",
     )  # fmt: skip
-    report = run.stdout + run.stderr[-3000:]
-    assert run.returncode == 0, report
     compiled = sum(line.startswith("ok ") for line in report.splitlines())
     assert compiled == (len(only) if only else len(VARIANTS)), report

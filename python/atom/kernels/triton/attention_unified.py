@@ -36,7 +36,6 @@ paged kernel, with affine addresses. When the host knows that no sequence has a 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -381,7 +380,7 @@ def _tma_device(device: torch.device) -> bool:
     """An NVIDIA GPU of compute capability 9.0+, not under the interpreter, ATOM_ATTN_TMA not 0."""
     if device.type != "cuda" or torch.version.hip is not None or not envs.attn_tma():
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if envs.triton_interpreter():
         return False
     return torch.cuda.get_device_capability(device)[0] >= 9
 

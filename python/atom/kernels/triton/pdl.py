@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import torch
 
@@ -57,7 +56,7 @@ def pdl_enabled(device: torch.device) -> bool:
     a Triton that knows the launch option, not the interpreter, and ``ATOM_PDL`` not 0."""
     if device.type != "cuda" or torch.version.hip is not None:
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not envs.pdl():
+    if envs.triton_interpreter() or not envs.pdl():
         return False
     index = torch.cuda.current_device() if device.index is None else device.index
     return _triton_supports_pdl() and _device_supports_pdl(index)
