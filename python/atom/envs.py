@@ -18,6 +18,9 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 |                            | TMA tensor descriptors (attention_unified.descriptors_usable)    |
 | ATOM_DECODE_ROPE=0         | decode steps run the QK-norm/RoPE/cache-write op before the      |
 |                            | attention instead of inside the decode kernel (layers/attention) |
+| ATOM_L2_PREFETCH           | which decode kernels ask L2 for weights ahead of their use        |
+|                            | (atom/kernels/triton/l2_prefetch.py): ``gemv``, ``attn``, both    |
+|                            | (default, "1") or none ("0")                                      |
 | TRITON_INTERPRET=1         | (Triton's) kernels run in its CPU interpreter: no PDL, no TMA    |
 """
 
@@ -82,6 +85,20 @@ def decode_rope() -> bool:
     """The GPU decode kernel does QK-norm, RoPE and the cache write itself (default on;
     ``ATOM_DECODE_ROPE=0`` runs fused_qk_norm_rope_cache first, as prefill steps do)."""
     return os.environ.get("ATOM_DECODE_ROPE", "1").strip().lower() in _TRUE
+
+
+def l2_prefetch() -> frozenset[str]:
+    """Which kernels issue L2 prefetches of weights (atom/kernels/triton/l2_prefetch.py):
+    ``ATOM_L2_PREFETCH`` is a comma list of ``gemv`` / ``attn``, ``1`` (both, the default) or
+    ``0`` (none)."""
+    value = os.environ.get("ATOM_L2_PREFETCH", "1").strip().lower()
+    if value in _TRUE:
+        return frozenset(("gemv", "attn"))
+    parts = frozenset(p.strip() for p in value.split(",") if p.strip())
+    unknown = parts - {"gemv", "attn", "0", "false", "no", "off"}
+    if unknown:
+        raise ValueError(f"ATOM_L2_PREFETCH={value!r}: unknown parts {sorted(unknown)}")
+    return parts & {"gemv", "attn"}
 
 
 def triton_interpreter() -> bool:

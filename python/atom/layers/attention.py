@@ -104,7 +104,10 @@ class Attention(nn.Module):
         v: torch.Tensor,
         positions: torch.Tensor,
         attn_metadata: AttentionMetadata,
+        l2_prefetch: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """l2_prefetch: the weight the caller reads next (its o-projection), which the GPU
+        decode kernel asks L2 for while it runs (atom.kernels.triton.l2_prefetch)."""
         if self.k_cache is None or self.v_cache is None:
             raise RuntimeError(
                 f"attention layer {self.layer_idx} has no KV cache: the model runner must call "
@@ -124,7 +127,7 @@ class Attention(nn.Module):
             )  # fmt: skip
             out = triton_paged_attention(
                 q, self.k_cache, self.v_cache, attn_metadata, self.scale, self.sliding_window,
-                self.sinks, self.k_scale, self.v_scale, rope=rope,
+                self.sinks, self.k_scale, self.v_scale, rope=rope, l2_prefetch=l2_prefetch,
             )  # fmt: skip
             return out.view(num_tokens, self.num_heads * self.head_dim)
         if self.rotary_emb is not None:

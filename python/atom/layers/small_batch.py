@@ -83,7 +83,7 @@ def forward(layer: nn.Module, positions, hidden, residual, meta):
         norm_weight=layer.input_layernorm.weight, eps=layer.input_layernorm.eps,
     )  # fmt: skip
     q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-    a = attn.attn(q, k, v, positions, meta)
+    a = attn.attn(q, k, v, positions, meta, l2_prefetch=attn.o_proj.weight)
     h = kernels.fused_gemv(a, attn.o_proj.weight, attn.o_proj.bias, residual=h)
     post = layer.post_attention_layernorm
     gate_up = kernels.fused_gemv(

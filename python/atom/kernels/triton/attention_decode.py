@@ -41,6 +41,7 @@ from atom.kernels.triton.attention_tile import (
     dot_settings,
     to_output_dtype,
 )
+from atom.kernels.triton.l2_prefetch import l2_prefetch_enabled, prefetch_share_l2
 from atom.kernels.triton.pdl import launch_options, pdl_enabled
 from atom.kernels.triton.rope_tile import normed_rotated_rows, round_to_dtype
 
@@ -151,6 +152,8 @@ def _decode_split_kernel(
     stride_vn_tok,
     stride_vn_head,
     stride_cs_pos,
+    l2_prefetch_ptr,  # a weight the next kernels read (L2_PREFETCH)
+    l2_prefetch_numel,
     GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -170,7 +173,14 @@ def _decode_split_kernel(
     ROT_DIM: tl.constexpr = 0,
     IS_NEOX: tl.constexpr = True,
     FP8_MAX: tl.constexpr = 448.0,  # the fp8 cache type's largest finite value
+    L2_PREFETCH: tl.constexpr = False,  # ask L2 for l2_prefetch_ptr's bytes (l2_prefetch)
 ):
+    if L2_PREFETCH:  # a parameter: no wait needed; each program takes an equal share
+        program = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(
+            2
+        ) + tl.program_id(2)
+        programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
+        prefetch_share_l2(l2_prefetch_ptr, l2_prefetch_numel, program, programs, 128)
     if USE_PDL:  # before every load and the early exit: all inputs are written within the step
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -410,11 +420,14 @@ def decode_attention(
     workspace: DecodeWorkspace | None = None,
     config: DecodeConfig | None = None,
     rope: DecodeRope | None = None,
+    l2_prefetch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launches the split kernel (and the combine kernel when num_splits > 1). Host work is only
     shape arithmetic, so this is safe to capture in a CUDA graph with a persistent workspace.
     rope: q and rope.k are raw; the kernel norms and rotates them and writes the cache (the
-    cache must not hold this step's keys yet; the rows' slots are overwritten)."""
+    cache must not hold this step's keys yet; the rows' slots are overwritten).
+    l2_prefetch: a contiguous parameter (the o-projection weight) that the split kernel asks L2
+    for while it works (atom.kernels.triton.l2_prefetch; a hint, on NVIDIA GPUs only)."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     _, block_size, num_kv_heads, _ = key_cache.shape
     num_seqs = seq_lens.shape[0]
@@ -443,6 +456,9 @@ def decode_attention(
     dot_precision, cpu_bf16 = dot_settings(q)
     pdl = pdl_enabled(q.device)
     dummy = seq_lens
+    prefetch = l2_prefetch is not None and l2_prefetch_enabled(q.device, "attn")
+    if prefetch and not l2_prefetch.is_contiguous():
+        raise ValueError(f"l2_prefetch must be contiguous, got strides {l2_prefetch.stride()}")
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, out, part_out, part_lse, block_tables, seq_lens, cu_seqlens_q,
         dummy if sinks is None else sinks,
@@ -453,11 +469,13 @@ def decode_attention(
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0), *_rope_arguments(rope, dummy),
+        l2_prefetch if prefetch else dummy, l2_prefetch.numel() if prefetch else 0,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, SPLIT=num_splits > 1,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
         DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, **_rope_constexprs(rope, key_cache),
+        L2_PREFETCH=prefetch,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )  # fmt: skip
     if num_splits > 1:

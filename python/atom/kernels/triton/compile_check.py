@@ -45,6 +45,7 @@ class Variant:
     scales: bool = False
     keys: str = "cache"  # unified: "cache", "new" (k_new/v_new only) or "new+cache" (a prefix too)
     descriptors: bool = False  # unified: k_new/v_new through TMA descriptors (CUDA targets only)
+    l2_prefetch: bool = False  # decode: asks L2 for a weight (CUDA targets only)
     rope: str = (
         ""  # decode: "neox" / "gptj" norm + RoPE + cache write in the kernel; "+norm": QK norm
     )
@@ -135,6 +136,15 @@ VARIANTS = [
     Variant("decode fp32 d64", "decode", "fp32", "fp32", 64, 3, block_n=16, num_stages=2),
     Variant("decode bf16 d128 + RoPE/cache", "decode", num_warps=4, num_stages=2, rope="neox"),
     Variant(
+        "decode bf16 split 8 + RoPE/cache + L2 prefetch",
+        "decode",
+        num_warps=4,
+        num_stages=2,
+        num_splits=8,
+        rope="neox",
+        l2_prefetch=True,
+    ),  # fmt: skip
+    Variant(
         "decode bf16 split 8 + QK norm/RoPE/cache",
         "decode",
         num_warps=4,
@@ -170,7 +180,7 @@ def _signature(fn, v: Variant, constexprs: dict, target: GPUTarget) -> tuple[dic
         "q_ptr": v.dtype, "out_ptr": v.dtype, "k_cache_ptr": cache, "v_cache_ptr": cache,
         "k_new_ptr": v.dtype, "v_new_ptr": v.dtype, "positions_ptr": "i64",
         "slot_mapping_ptr": "i64", "cos_sin_ptr": "fp32", "q_norm_w_ptr": v.dtype,
-        "k_norm_w_ptr": v.dtype,
+        "k_norm_w_ptr": v.dtype, "l2_prefetch_ptr": v.dtype,
         "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "sinks_ptr": "fp32",
         "k_scale_ptr": "fp32", "v_scale_ptr": "fp32",
     }  # fmt: skip
@@ -214,8 +224,9 @@ def _kernel_and_constexprs(v: Variant, target: GPUTarget):
             rope = dict(ROPE=True, QK_NORM="norm" in v.rope, ROT_DIM=v.head_dim,
                         IS_NEOX=v.rope.startswith("neox"))  # fmt: skip
         return _decode_split_kernel, dict(
-            attention, **pdl, **rope, GROUP_PAD=group_pad, SPLIT=v.num_splits > 1
-        )
+            attention, **pdl, **rope, GROUP_PAD=group_pad, SPLIT=v.num_splits > 1,
+            L2_PREFETCH=v.l2_prefetch,
+        )  # fmt: skip
     splits_pad = triton.next_power_of_2(v.num_splits)
     return _decode_combine_kernel, dict(common, **pdl, SPLITS_PAD=splits_pad, CPU_BF16=False)
 
@@ -261,8 +272,8 @@ def main() -> int:
     for v in VARIANTS:
         if args.only and v.name not in args.only:
             continue
-        if v.descriptors and TARGETS[args.target].backend != "cuda":
-            continue  # the launcher takes descriptors on sm90+ only
+        if (v.descriptors or v.l2_prefetch) and TARGETS[args.target].backend != "cuda":
+            continue  # the launcher takes descriptors on sm90+ only, L2 prefetches on CUDA
         try:
             r = compile_variant(v, TARGETS[args.target])
         except Exception as exc:  # report every variant, then fail

@@ -215,6 +215,7 @@ def paged_attention(
     v_new: torch.Tensor | None = None,  # and values as written to the cache (rows of q's rows)
     new_kv_with_prefix: bool = False,
     rope: DecodeRope | None = None,
+    l2_prefetch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Returns out: [num_tokens, Hq, D] in q's dtype; padding rows are left as they were.
 
@@ -225,6 +226,8 @@ def paged_attention(
     sequence continues a cached prefix, unless new_kv_with_prefix (measured slower; see below).
     rope (decode-only batches): q and rope.k are raw, and the decode kernel does the work of
     fused_qk_norm_rope_cache itself (norm, RoPE, cache write); see check_rope.
+    l2_prefetch (decode-only batches): a weight the next kernel reads, which the decode kernel
+    asks L2 for meanwhile (atom.kernels.triton.l2_prefetch).
     """
     if out is None:
         # A decode-only batch writes every token row (zeros for a length-0 sequence), so its
@@ -251,7 +254,7 @@ def paged_attention(
             )
         return decode_attention(
             q, key_cache, value_cache, out, cu, seq_lens, tables, *common, num_splits,
-            config=decode_config, rope=rope,
+            config=decode_config, rope=rope, l2_prefetch=l2_prefetch,
         )  # fmt: skip
     num_decodes, longest = _leading_decodes(meta)
     if num_decodes:
