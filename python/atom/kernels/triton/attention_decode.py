@@ -459,6 +459,7 @@ def decode_attention(
     prefetch = l2_prefetch is not None and l2_prefetch_enabled(q.device, "attn")
     if prefetch and not l2_prefetch.is_contiguous():
         raise ValueError(f"l2_prefetch must be contiguous, got strides {l2_prefetch.stride()}")
+    prefetch = prefetch and l2_prefetch.data_ptr() % 16 == 0
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, out, part_out, part_lse, block_tables, seq_lens, cu_seqlens_q,
         dummy if sinks is None else sinks,

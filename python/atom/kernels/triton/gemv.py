@@ -401,7 +401,8 @@ def fused_gemv(
     # (Llama-3-8B, 5.83 -> 6.08 ms), while PDL with the plain loop gains 0.1 ms (5.85 -> 5.75).
     pdl = pdl_enabled(x.device)
     prefetch = pdl and weight.numel() <= SMALL_WEIGHT
-    l2_prefetch = pdl and not prefetch and l2_prefetch_enabled(x.device, "gemv")
+    l2_prefetch = pdl and not prefetch and weight.data_ptr() % 16 == 0
+    l2_prefetch = l2_prefetch and l2_prefetch_enabled(x.device, "gemv")
     dummy = weight  # never read when the matching flag is off
     _gemv_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight,

@@ -23,37 +23,47 @@ import triton.language as tl
 
 from atom import envs
 
-LINE_BYTES = tl.constexpr(128)  # one L2 line: what a prefetch request brings in
+LINE_BYTES = tl.constexpr(128)  # one L2 line
 
 
 def l2_prefetch_enabled(device: torch.device, part: str) -> bool:
     """Whether kernels on ``device`` issue the prefetches of ``part`` ("gemv" or "attn"): an
-    NVIDIA GPU, not the interpreter, and ``part`` in ATOM_L2_PREFETCH."""
+    NVIDIA GPU of compute capability 9.0+ (the bulk prefetch), not the interpreter, and ``part``
+    in ATOM_L2_PREFETCH."""
     if device.type != "cuda" or torch.version.hip is not None or envs.triton_interpreter():
         return False
-    return part in envs.l2_prefetch()
+    if part not in envs.l2_prefetch():
+        return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 @triton.jit
-def prefetch_l2(base, begin, end, LINES: tl.constexpr):
-    """Asks L2 for elements [begin, end) of ``base`` (int64 offsets), LINES lines per round (one
-    or a few per thread). The last line is requested again to fill the final round."""
-    ELEMS: tl.constexpr = LINE_BYTES // (base.dtype.element_ty.primitive_bitwidth // 8)
-    last = end - 1
-    for start in range(begin, end, LINES * ELEMS):
-        offs = tl.minimum(start + tl.arange(0, LINES).to(tl.int64) * ELEMS, last)
-        tl.inline_asm_elementwise(
-            "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
-            "=r,l",
-            [base + offs],
-            dtype=tl.int32,
-            is_pure=False,
-            pack=1,
-        )
+def prefetch_l2(base, begin, end, SLOTS: tl.constexpr):
+    """Asks L2 for elements [begin, end) of ``base`` (int64 offsets; base 16-byte aligned): SLOTS
+    bulk requests (``cp.async.bulk.prefetch.L2``, carried out by the TMA unit, so the threads do
+    not wait), one contiguous 16-byte-aligned chunk each; SLOTS = the program's thread count gives
+    one request per thread. A few bytes at the ends may be left out (it is a hint)."""
+    ELEM_BYTES: tl.constexpr = base.dtype.element_ty.primitive_bitwidth // 8
+    ALIGN: tl.constexpr = 16 // ELEM_BYTES  # elements per 16 bytes
+    first = tl.cdiv(begin, ALIGN) * ALIGN
+    chunk = tl.cdiv(tl.cdiv(tl.maximum(end - first, 0), SLOTS), ALIGN) * ALIGN
+    starts = first + tl.arange(0, SLOTS).to(tl.int64) * chunk
+    ends = tl.minimum(starts + chunk, end)
+    nbytes = (tl.maximum(ends - starts, 0) * ELEM_BYTES // 16 * 16).to(tl.int32)
+    tl.inline_asm_elementwise(
+        "{\n\t.reg .pred p;\n\tsetp.ne.s32 p, $2, 0;\n\t"
+        "@p cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;\n\t}",
+        "=r,l,r",
+        [base + tl.minimum(starts, end), nbytes],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )
 
 
 @triton.jit
-def prefetch_share_l2(base, numel, program, num_programs, LINES: tl.constexpr):
+def prefetch_share_l2(base, numel, program, num_programs, SLOTS: tl.constexpr):
     """Program ``program`` of ``num_programs`` asks L2 for its equal, line-aligned share of
     elements [0, numel) of ``base``."""
     ELEMS: tl.constexpr = LINE_BYTES // (base.dtype.element_ty.primitive_bitwidth // 8)
@@ -61,4 +71,4 @@ def prefetch_share_l2(base, numel, program, num_programs, LINES: tl.constexpr):
     share = tl.cdiv(lines, num_programs) * ELEMS
     begin = program.to(tl.int64) * share
     end = tl.minimum(begin + share, numel)
-    prefetch_l2(base, begin, end, LINES)
+    prefetch_l2(base, begin, end, SLOTS)
