@@ -179,10 +179,9 @@ def bench_case(name, k, n, fusion, m, dtype, device, l2_bytes, copy_gbps, dry) -
     return row
 
 
-def compile_sm90(cfg, m: int, fusion: str, even_k: bool, small_weight: bool = True) -> dict:
+def compile_sm90(cfg, m: int, fusion: str, even_k: bool) -> dict:
     """Ahead-of-time compile of one kernel variant for the H100 (sm90) with Triton's bundled ptxas,
-    no GPU needed: {"shared": bytes, "reg": registers, "stack": spill bytes}. A small weight gets
-    the first-tile register prefetch, a large one the L2 prefetch (as fused_gemv picks)."""
+    no GPU needed: {"shared": bytes, "reg": registers, "stack": spill bytes}."""
     import triton
     from triton.compiler import ASTSource
 
@@ -196,8 +195,7 @@ def compile_sm90(cfg, m: int, fusion: str, even_k: bool, small_weight: bool = Tr
         SUMSQ_BLOCK=max(cfg.block_k, 8192 // m_pad) if norm else cfg.block_k,
         HAS_BIAS=False, HAS_NORM=norm, GATED=fusion.startswith("silu"),
         HAS_RESIDUAL=fusion.endswith("residual"), USE_DOT=cfg.use_dot, EVEN_K=even_k,
-        DOT_PRECISION="tf32", CPU_BF16=False, USE_PDL=True, PREFETCH=small_weight,
-        L2_PREFETCH=not small_weight,
+        DOT_PRECISION="tf32", CPU_BF16=False, USE_PDL=True, PREFETCH=True,
     )  # fmt: skip
     signature, attrs = {}, {}
     for i, arg in enumerate(_gemv_kernel.arg_names):
@@ -222,7 +220,7 @@ def compile_check(sweep: bool) -> int:
     M = 1..32 for sm90; prints registers / spills; returns the number of failures and spills."""
     import torch
 
-    from atom.kernels.triton.gemv import SMALL_WEIGHT, default_gemv_config
+    from atom.kernels.triton.gemv import default_gemv_config
 
     bad, seen = 0, set()
     for name, (k, n, fusion) in SHAPES.items():
@@ -231,13 +229,12 @@ def compile_check(sweep: bool) -> int:
             configs += sweep_configs(m, k, False) if sweep and m in (1, 4, 16) else []
             for cfg in configs:
                 even_k = k % cfg.block_k == 0
-                small = n * k <= SMALL_WEIGHT
-                key = (cfg, min(m, 4) if not cfg.use_dot else max(16, m), fusion, even_k, small)
+                key = (cfg, min(m, 4) if not cfg.use_dot else max(16, m), fusion, even_k)
                 if key in seen:
                     continue
                 seen.add(key)
                 try:
-                    r = compile_sm90(cfg, m, fusion, even_k, n * k <= SMALL_WEIGHT)
+                    r = compile_sm90(cfg, m, fusion, even_k)
                 except Exception as exc:  # report every variant, then fail
                     bad += 1
                     print(f"FAIL {name} M={m} {cfg_name(cfg)}: {type(exc).__name__}: {exc}"[:1500])

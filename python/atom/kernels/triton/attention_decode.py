@@ -29,6 +29,7 @@ the persistence contract above is unchanged.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -174,16 +175,19 @@ def _decode_split_kernel(
     IS_NEOX: tl.constexpr = True,
     FP8_MAX: tl.constexpr = 448.0,  # the fp8 cache type's largest finite value
     L2_PREFETCH: tl.constexpr = False,  # ask L2 for l2_prefetch_ptr's bytes (l2_prefetch)
+    L2_AFTER_WAIT: tl.constexpr = False,  # EXPERIMENT
 ):
-    if L2_PREFETCH:  # a parameter: no wait needed; each program takes an equal share
-        program = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(
-            2
-        ) + tl.program_id(2)
-        programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
-        prefetch_share_l2(l2_prefetch_ptr, l2_prefetch_numel, program, programs, 128)
+    if L2_PREFETCH:  # a parameter: no wait needed
+        if L2_AFTER_WAIT:
+            pass
+        else:
+            _prefetch_share(l2_prefetch_ptr, l2_prefetch_numel)
     if USE_PDL:  # before every load and the early exit: all inputs are written within the step
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+    if L2_PREFETCH:
+        if L2_AFTER_WAIT:
+            _prefetch_share(l2_prefetch_ptr, l2_prefetch_numel)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -287,6 +291,15 @@ def _decode_split_kernel(
         # An empty split's partial output is never read (the combine masks lse = -inf).
         tl.store(part_out_ptr + base[:, None] * HEAD_DIM + offs_d[None, :], part,
                  mask=row_mask & has_keys[:, None])  # fmt: skip
+
+
+@triton.jit
+def _prefetch_share(ptr, numel):
+    """This program's equal share of the L2 prefetch of ptr[:numel] (l2_prefetch)."""
+    program = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2)
+    program += tl.program_id(2)
+    programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
+    prefetch_share_l2(ptr, numel, program, programs, 128)
 
 
 @triton.jit
@@ -470,13 +483,14 @@ def decode_attention(
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0), *_rope_arguments(rope, dummy),
-        l2_prefetch if prefetch else dummy, l2_prefetch.numel() if prefetch else 0,
+        l2_prefetch if prefetch else dummy,
+        int(l2_prefetch.numel() * float(os.environ.get("ATOM_L2_PF_FRACTION", "1"))) // 64 * 64 if prefetch else 0,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, SPLIT=num_splits > 1,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
         DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, **_rope_constexprs(rope, key_cache),
-        L2_PREFETCH=prefetch,
+        L2_PREFETCH=prefetch, L2_AFTER_WAIT=os.environ.get("ATOM_L2_PF_AFTER", "0") == "1",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )  # fmt: skip
     if num_splits > 1:

@@ -70,7 +70,6 @@ import triton.language as tl
 from atom.kernels.reference.gemv import check_gemv_args, compose_gemv, resolve_out_dtype
 from atom.kernels.registry import pick, register
 from atom.kernels.triton.attention_tile import dot_settings, round_to_bf16_in_fp32, to_output_dtype
-from atom.kernels.triton.l2_prefetch import l2_prefetch_enabled, prefetch_l2
 from atom.kernels.triton.pdl import launch_options, pdl_enabled
 
 MAX_M = 32  # rows per call; batches above this are GEMMs, not GEMVs
@@ -249,7 +248,6 @@ def _gemv_kernel(
     CPU_BF16: tl.constexpr,
     USE_PDL: tl.constexpr = False,  # programmatic dependent launch (module docstring)
     PREFETCH: tl.constexpr = False,  # with USE_PDL: first parameter tiles before the wait
-    L2_PREFETCH: tl.constexpr = False,  # ask L2 for this program's weight rows first (l2_prefetch)
 ):
     pid = tl.program_id(0)
     rows = tl.arange(0, M_PAD)
@@ -262,10 +260,6 @@ def _gemv_kernel(
 
     # With PDL, parameters only until the wait: they overlap the previous kernel's tail.
     bias = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if L2_PREFETCH:  # rows [pid * BLOCK_N, ...) of W are one contiguous range
-        first_row = pid * BLOCK_N
-        end_row = tl.minimum(first_row + BLOCK_N, N)
-        prefetch_l2(w_ptr, first_row.to(tl.int64) * K, end_row.to(tl.int64) * K, 128)
     if PREFETCH:
         w_first, nw_first = _param_tiles(w_rows, norm_w_ptr, offs_k, K, HAS_NORM, EVEN_K)
         if HAS_BIAS:
@@ -401,8 +395,6 @@ def fused_gemv(
     # (Llama-3-8B, 5.83 -> 6.08 ms), while PDL with the plain loop gains 0.1 ms (5.85 -> 5.75).
     pdl = pdl_enabled(x.device)
     prefetch = pdl and weight.numel() <= SMALL_WEIGHT
-    l2_prefetch = pdl and not prefetch and weight.data_ptr() % 16 == 0
-    l2_prefetch = l2_prefetch and l2_prefetch_enabled(x.device, "gemv")
     dummy = weight  # never read when the matching flag is off
     _gemv_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight,
@@ -418,7 +410,6 @@ def fused_gemv(
         HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, GATED=act is not None,
         HAS_RESIDUAL=residual is not None, USE_DOT=config.use_dot, EVEN_K=k % config.block_k == 0,
         DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, PREFETCH=prefetch,
-        L2_PREFETCH=l2_prefetch,
         num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(pdl),
     )  # fmt: skip
     return out
