@@ -484,7 +484,7 @@ def decode_attention(
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0), *_rope_arguments(rope, dummy),
         l2_prefetch if prefetch else dummy,
-        int(l2_prefetch.numel() * float(os.environ.get("ATOM_L2_PF_FRACTION", "1"))) // 64 * 64 if prefetch else 0,
+        min(l2_prefetch.numel(), int(float(os.environ.get("ATOM_L2_PF_MIB", "1024")) * 2**20) // l2_prefetch.element_size()) if prefetch else 0,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, SPLIT=num_splits > 1,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
