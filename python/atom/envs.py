@@ -18,9 +18,8 @@ dataclasses; nothing else in the package reads ``os.environ`` for ATOM's own var
 |                            | TMA tensor descriptors (attention_unified.descriptors_usable)    |
 | ATOM_DECODE_ROPE=0         | decode steps run the QK-norm/RoPE/cache-write op before the      |
 |                            | attention instead of inside the decode kernel (layers/attention) |
-| ATOM_L2_PREFETCH           | which decode kernels ask L2 for weights ahead of their use        |
-|                            | (atom/kernels/triton/l2_prefetch.py): ``gemv``, ``attn``, both    |
-|                            | (default, "1") or none ("0")                                      |
+| ATOM_L2_PREFETCH=0         | the GPU decode attention kernel does not ask L2 for the          |
+|                            | o-projection weight (atom/kernels/triton/l2_prefetch.py)         |
 | TRITON_INTERPRET=1         | (Triton's) kernels run in its CPU interpreter: no PDL, no TMA    |
 """
 
@@ -87,18 +86,10 @@ def decode_rope() -> bool:
     return os.environ.get("ATOM_DECODE_ROPE", "1").strip().lower() in _TRUE
 
 
-def l2_prefetch() -> frozenset[str]:
-    """Which kernels issue L2 prefetches of weights (atom/kernels/triton/l2_prefetch.py):
-    ``ATOM_L2_PREFETCH`` is a comma list of ``gemv`` / ``attn``, ``1`` (both, the default) or
-    ``0`` (none)."""
-    value = os.environ.get("ATOM_L2_PREFETCH", "1").strip().lower()
-    if value in _TRUE:
-        return frozenset(("gemv", "attn"))
-    parts = frozenset(p.strip() for p in value.split(",") if p.strip())
-    unknown = parts - {"gemv", "attn", "0", "false", "no", "off"}
-    if unknown:
-        raise ValueError(f"ATOM_L2_PREFETCH={value!r}: unknown parts {sorted(unknown)}")
-    return parts & {"gemv", "attn"}
+def l2_prefetch() -> bool:
+    """The GPU decode attention kernel asks L2 for the start of the o-projection weight (default
+    on; ``ATOM_L2_PREFETCH=0`` turns it off)."""
+    return os.environ.get("ATOM_L2_PREFETCH", "1").strip().lower() in _TRUE
 
 
 def triton_interpreter() -> bool:

@@ -225,7 +225,7 @@ def _kernel_and_constexprs(v: Variant, target: GPUTarget):
                         IS_NEOX=v.rope.startswith("neox"))  # fmt: skip
         return _decode_split_kernel, dict(
             attention, **pdl, **rope, GROUP_PAD=group_pad, SPLIT=v.num_splits > 1,
-            L2_PREFETCH=v.l2_prefetch,
+            L2_PREFETCH=v.l2_prefetch, THREADS=v.num_warps * 32,
         )  # fmt: skip
     splits_pad = triton.next_power_of_2(v.num_splits)
     return _decode_combine_kernel, dict(common, **pdl, SPLITS_PAD=splits_pad, CPU_BF16=False)

@@ -1,21 +1,27 @@
-"""L2 prefetch of weights: keep HBM busy while a decode kernel waits on something else.
+"""L2 prefetch of a weight: keep HBM busy while the decode attention waits on latency.
 
-A batch-1 decode step streams every weight once, and HBM is idle wherever a kernel waits on
-latency instead: at each kernel boundary (the next kernel's first loads go out only after the
-previous one completed, ``gdc_wait``), and through the whole attention of a layer (a few
-microseconds of dependent loads over a short KV cache). A weight does not depend on the step's
-activations, so a kernel may ask L2 for it early, as ``prefetch.global.L2`` requests: no register
-holds the data and nothing waits for it; the kernel that reads the weight later finds its lines in
-L2 (or in flight). Two uses (``ATOM_L2_PREFETCH``, envs.l2_prefetch):
-  - ``gemv``: each fused-GEMV program asks for its own weight rows before its ``gdc_wait``, so the
-    programs launched early by PDL start streaming during the previous kernel's tail;
-  - ``attn``: the decode attention kernel asks for the o-projection weight that the next GEMV
-    reads (33.5 MB for a Llama-3-8B layer, within the H100's 50 MB L2), spread over its programs.
-A prefetch is a hint: the result never depends on it. The instruction is PTX (NVIDIA only); the
-CPU interpreter and ROCm never see it.
+In a batch-1 decode step every weight is streamed once, but the attention between the qkv and the
+o-projection GEMVs reads almost nothing (a short KV cache): for a few microseconds per layer it
+waits on dependent loads and HBM is idle. The o-projection weight does not depend on the step's
+activations, so the attention kernel may ask L2 for its first bytes meanwhile; the GEMV that
+follows then finds them in L2. The request is ``cp.async.bulk.prefetch.L2`` (sm90+), carried out
+by the TMA unit: no register holds the data and no thread waits for it. It is a hint: results
+never depend on it. The CPU interpreter and ROCm never see it; ``ATOM_L2_PREFETCH=0`` turns it
+off.
+
+How much: at most L2_PREFETCH_BYTES. A program whose bulk prefetches are outstanding does not
+retire, so a large request stretches the attention kernel that the combine and the GEMV wait for.
+Measured on the H100 (Llama-3-8B shape, batch 1, graph replay of a step; o-projection 33.5 MB):
+none 5.562 ms, 2 MiB 5.541, 4 MiB 5.526, 6 MiB 5.521, 8 MiB 5.514 (5.521 repeated), 12 MiB 5.529,
+the whole weight 5.544. With PDL off the o-projection GEMV took 10.6 us instead of 13.5 whether
+half or all of its weight was prefetched: its own ramp and tail, not bandwidth, are then its cost.
+Tried and dropped: each fused-GEMV program prefetching its own weight rows before its
+``gdc_wait`` (per-line ``prefetch.global.L2``: 6.41 ms a step; bulk: 6.27 ms).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -23,27 +29,41 @@ import triton.language as tl
 
 from atom import envs
 
-LINE_BYTES = tl.constexpr(128)  # one L2 line
+L2_PREFETCH_BYTES = 8 << 20  # the most a decode attention kernel asks L2 for (see above)
+LINE_BYTES = tl.constexpr(128)  # one L2 line: shares are whole lines
 
 
-def l2_prefetch_enabled(device: torch.device, part: str) -> bool:
-    """Whether kernels on ``device`` issue the prefetches of ``part`` ("gemv" or "attn"): an
-    NVIDIA GPU of compute capability 9.0+ (the bulk prefetch), not the interpreter, and ``part``
-    in ATOM_L2_PREFETCH."""
+@functools.cache
+def _bulk_prefetch_device(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def l2_prefetch_enabled(device: torch.device) -> bool:
+    """Whether kernels on ``device`` issue L2 prefetches: an NVIDIA GPU of compute capability
+    9.0+ (the bulk prefetch), not the interpreter, and ``ATOM_L2_PREFETCH`` not 0."""
     if device.type != "cuda" or torch.version.hip is not None or envs.triton_interpreter():
         return False
-    if part not in envs.l2_prefetch():
+    if not envs.l2_prefetch():
         return False
-    index = torch.cuda.current_device() if device.index is None else device.index
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    return _bulk_prefetch_device(torch.cuda.current_device() if device.index is None else device.index)
+
+
+def prefetch_extent(weight: torch.Tensor | None, device: torch.device) -> int:
+    """How many leading elements of ``weight`` a kernel on ``device`` should ask L2 for: 0 when
+    prefetching is off or the weight is not a 16-byte-aligned contiguous tensor, else up to
+    L2_PREFETCH_BYTES of it."""
+    if weight is None or not l2_prefetch_enabled(device):
+        return 0
+    if not weight.is_contiguous() or weight.data_ptr() % 16 != 0:
+        return 0
+    return min(weight.numel(), L2_PREFETCH_BYTES // weight.element_size())
 
 
 @triton.jit
 def prefetch_l2(base, begin, end, SLOTS: tl.constexpr):
-    """Asks L2 for elements [begin, end) of ``base`` (int64 offsets; base 16-byte aligned): SLOTS
-    bulk requests (``cp.async.bulk.prefetch.L2``, carried out by the TMA unit, so the threads do
-    not wait), one contiguous 16-byte-aligned chunk each; SLOTS = the program's thread count gives
-    one request per thread. A few bytes at the ends may be left out (it is a hint)."""
+    """Asks L2 for elements [begin, end) of ``base`` (int64 offsets; base 16-byte aligned) in SLOTS
+    bulk requests, one contiguous 16-byte-aligned chunk each (SLOTS = the program's thread count:
+    one request per thread). A few bytes at the ends may be left out: it is a hint."""
     ELEM_BYTES: tl.constexpr = base.dtype.element_ty.primitive_bitwidth // 8
     ALIGN: tl.constexpr = 16 // ELEM_BYTES  # elements per 16 bytes
     first = tl.cdiv(begin, ALIGN) * ALIGN
@@ -67,8 +87,6 @@ def prefetch_share_l2(base, numel, program, num_programs, SLOTS: tl.constexpr):
     """Program ``program`` of ``num_programs`` asks L2 for its equal, line-aligned share of
     elements [0, numel) of ``base``."""
     ELEMS: tl.constexpr = LINE_BYTES // (base.dtype.element_ty.primitive_bitwidth // 8)
-    lines = tl.cdiv(numel, ELEMS)
-    share = tl.cdiv(lines, num_programs) * ELEMS
+    share = tl.cdiv(tl.cdiv(numel, ELEMS), num_programs) * ELEMS
     begin = program.to(tl.int64) * share
-    end = tl.minimum(begin + share, numel)
-    prefetch_l2(base, begin, end, SLOTS)
+    prefetch_l2(base, begin, tl.minimum(begin + share, numel), SLOTS)
