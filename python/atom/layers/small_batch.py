@@ -14,8 +14,8 @@ stream h updated by the GEMV epilogues (atom.kernels.fused_gemv):
     gu  = gemv(h, W_gu, norm_weight=w_post)          RMSNorm prologue
     h   = gemv(gu, W_down, act="silu_and_mul", residual=h)
 
-4 kernels, and the attention asks L2 for the start of W_o while it runs (its HBM is otherwise idle
-then; atom/kernels/triton/l2_prefetch.py). The layer then hands on (h, None): the next layer (fused or not) and the final norm
+4 kernels, and the attention asks L2 for the start of a large W_o while it runs (HBM is otherwise
+idle then; atom/kernels/triton/l2_prefetch.py). The layer then hands on (h, None): the next layer (fused or not) and the final norm
 take a residual of None as "h is the whole stream". The fused results differ from the unfused ones
 only by rounding (the GEMM result is not rounded before the residual add; see
 atom/kernels/triton/gemv.py).
@@ -75,6 +75,16 @@ def max_tokens_for(layer: nn.Module, max_tokens: int) -> int:
     return max_tokens if all(lin.weight.numel() <= SMALL_WEIGHT for lin in linears) else 1
 
 
+def _l2_hint(weight: torch.Tensor) -> torch.Tensor | None:
+    """The o-projection weight for the attention's L2 prefetch, if it is large: a small weight's
+    GEMV loads its first tile before its PDL wait itself (gemv.SMALL_WEIGHT), and on the H100 the
+    prefetch slowed SmolLM2's step (0.510 vs 0.500 ms) while it sped up Llama-3-8B's (5.516 vs
+    5.562 ms)."""
+    from atom.kernels.triton.gemv import SMALL_WEIGHT
+
+    return weight if weight.numel() > SMALL_WEIGHT else None
+
+
 def forward(layer: nn.Module, positions, hidden, residual, meta):
     """The DecoderLayer forward in small-batch form: (hidden, residual) -> (h, None)."""
     attn, mlp = layer.self_attn, layer.mlp
@@ -84,7 +94,7 @@ def forward(layer: nn.Module, positions, hidden, residual, meta):
         norm_weight=layer.input_layernorm.weight, eps=layer.input_layernorm.eps,
     )  # fmt: skip
     q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-    a = attn.attn(q, k, v, positions, meta, l2_prefetch=attn.o_proj.weight)
+    a = attn.attn(q, k, v, positions, meta, l2_prefetch=_l2_hint(attn.o_proj.weight))
     h = kernels.fused_gemv(a, attn.o_proj.weight, attn.o_proj.bias, residual=h)
     post = layer.post_attention_layernorm
     gate_up = kernels.fused_gemv(
