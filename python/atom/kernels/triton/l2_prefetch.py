@@ -45,7 +45,9 @@ def l2_prefetch_enabled(device: torch.device) -> bool:
         return False
     if not envs.l2_prefetch():
         return False
-    return _bulk_prefetch_device(torch.cuda.current_device() if device.index is None else device.index)
+    return _bulk_prefetch_device(
+        torch.cuda.current_device() if device.index is None else device.index
+    )
 
 
 def prefetch_extent(weight: torch.Tensor | None, device: torch.device) -> int:
