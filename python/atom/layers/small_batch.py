@@ -16,9 +16,9 @@ stream h updated by the GEMV epilogues (atom.kernels.fused_gemv):
 
 4 kernels, and the attention asks L2 for the start of a large W_o while it runs (HBM is otherwise
 idle then; atom/kernels/triton/l2_prefetch.py). The layer then hands on (h, None): the next layer
-(fused or not) and the final norm take a residual of None as "h is the whole stream". The fused results differ from the unfused ones
-only by rounding (the GEMM result is not rounded before the residual add; see
-atom/kernels/triton/gemv.py).
+(fused or not) and the final norm take a residual of None as "h is the whole stream". The fused
+results differ from the unfused ones only by rounding (the GEMM result is not rounded before the
+residual add; see atom/kernels/triton/gemv.py).
 
 Which layers qualify (``supports``): a DecoderAttention (fused QKV, RoPE/QK-norm attention) and a
 GatedMLP with SiLU, unsharded (one tensor-parallel rank) and unquantized, with weights of the
