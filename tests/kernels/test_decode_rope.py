@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from atom.kernels.reference.cache import fused_qk_norm_rope_cache as reference_rope_cache
-from atom.kernels.triton.attention_decode import DecodeRope
+from atom.kernels.triton.attention_decode_rope import DecodeRope
 from atom.kernels.triton.paged_attention import paged_attention
 from atom.kernels.triton.paged_testing import make_paged_batch
 from atom.layers.rotary import RotaryEmbedding

@@ -30,7 +30,7 @@ from torch import nn
 from atom import envs, kernels
 from atom.forward_context import AttentionMetadata
 from atom.kernels import registry
-from atom.kernels.triton.attention_decode import DecodeRope
+from atom.kernels.triton.attention_decode_rope import DecodeRope
 from atom.kernels.triton.paged_attention import paged_attention as triton_paged_attention
 from atom.kernels.triton.rope_tile import rope_dims_supported
 from atom.layers.norm import RMSNorm

@@ -39,6 +39,12 @@ import torch
 import triton
 import triton.language as tl
 
+from atom.kernels.triton.attention_decode_rope import (
+    DecodeRope,
+    attend_new_key,
+    rope_arguments,
+    rope_constexprs,
+)
 from atom.kernels.triton.attention_tile import (
     NEG_BIG,
     attend_kv_tile,
@@ -47,7 +53,7 @@ from atom.kernels.triton.attention_tile import (
 )
 from atom.kernels.triton.l2_prefetch import prefetch_extent, prefetch_share_l2
 from atom.kernels.triton.pdl import launch_options, pdl_enabled
-from atom.kernels.triton.rope_tile import normed_rotated_rows, round_to_dtype
+from atom.kernels.triton.rope_tile import normed_rotated_rows
 
 LOG2E = tl.constexpr(1.4426950408889634)
 MAX_SPLITS = 64
@@ -82,23 +88,6 @@ def default_num_splits(num_seqs: int, num_kv_heads: int, max_seqlen_k: int, num_
     wanted = triton.cdiv(2 * num_sms, programs)
     by_length = triton.cdiv(max(1, max_seqlen_k), 128)
     return max(1, min(wanted, by_length, MAX_SPLITS))
-
-
-@dataclass(frozen=True)
-class DecodeRope:
-    """What the decode kernel needs to do fused_qk_norm_rope_cache's work itself (ROPE): this
-    step's raw keys/values and the norm/RoPE parameters. q is then passed raw too; the kernel
-    writes the normed, rotated key and the value into the cache slots and attends to them."""
-
-    k: torch.Tensor  # [T, Hkv, D] raw keys (before norm and RoPE), q's dtype
-    v: torch.Tensor  # [T, Hkv, D]
-    positions: torch.Tensor  # [T] integer
-    cos_sin_cache: torch.Tensor  # [max_position, rot_dim] fp32 (atom/kernels/reference/rotary.py)
-    is_neox: bool
-    slot_mapping: torch.Tensor  # [T] integer, -1 = no cache write
-    q_norm_weight: torch.Tensor | None = None  # [D] per-head RMSNorm (Qwen3), with k's
-    k_norm_weight: torch.Tensor | None = None
-    eps: float = 1e-6
 
 
 class DecodeWorkspace:
@@ -237,7 +226,7 @@ def _decode_split_kernel(
     # cache; and it comes first (online softmax is order-free), so its loads wait for nothing.
     if ROPE:  # noqa: SIM102 (a constexpr and a tensor condition)
         if (split == num_splits - 1) & (seq_len > 0):
-            acc, m_i, l_i = _attend_new_key(
+            acc, m_i, l_i = attend_new_key(
                 acc, m_i, l_i, q, q_tok, kv_head, qk_scale, k_new_ptr, v_new_ptr, cos_sin_row,
                 k_norm_w_ptr, norm_eps, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr,
                 slot_mapping_ptr, stride_kn_tok, stride_kn_head, stride_vn_tok, stride_vn_head,
@@ -297,62 +286,6 @@ def _prefetch_share(ptr, numel, THREADS: tl.constexpr):
     program += tl.program_id(2)
     programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
     prefetch_share_l2(ptr, numel, program, programs, THREADS)
-
-
-@triton.jit
-def _attend_new_key(
-    acc, m_i, l_i, q, q_tok, kv_head, qk_scale, k_new_ptr, v_new_ptr, cos_sin_row, k_norm_w_ptr,
-    norm_eps, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, slot_mapping_ptr,
-    stride_kn_tok, stride_kn_head, stride_vn_tok, stride_vn_head, stride_k_block, stride_k_tok,
-    stride_k_head, stride_v_block, stride_v_tok, stride_v_head, dtype: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    ROT_DIM: tl.constexpr, IS_NEOX: tl.constexpr, QK_NORM: tl.constexpr,
-    HAS_K_SCALE: tl.constexpr, HAS_V_SCALE: tl.constexpr, FP8_MAX: tl.constexpr,
-    CPU_BF16: tl.constexpr,
-):  # fmt: skip
-    """ROPE: the new token's own key, in one program per (sequence, KV head). Norms and rotates
-    the raw key, writes key and value into the cache slot (quantized for an fp8 cache, as
-    reshape_and_cache does), and folds the key into the running state with the value the cache
-    now holds, so the result equals attention over the updated cache."""
-    offs_d = tl.arange(0, D_PAD)
-    one = tl.arange(0, 1)
-    in_head = offs_d[None, :] < HEAD_DIM
-    k_row = k_new_ptr + q_tok.to(tl.int64) * stride_kn_tok + kv_head * stride_kn_head
-    k = normed_rotated_rows(
-        k_row + one[:, None] * 0, one == 0, cos_sin_row, k_norm_w_ptr, norm_eps, dtype, HEAD_DIM,
-        D_PAD, ROT_DIM, IS_NEOX, QK_NORM, CPU_BF16,
-    )  # [1, D_PAD]  # fmt: skip
-    v_row = v_new_ptr + q_tok.to(tl.int64) * stride_vn_tok + kv_head * stride_vn_head
-    v = tl.load(v_row + one[:, None] * 0 + offs_d[None, :], mask=in_head, other=0.0)
-    v = v.to(tl.float32)
-    cache_type = k_cache_ptr.dtype.element_ty
-    if cache_type.is_fp8():  # the cache stores x / scale; the kernel reads it back scaled
-        k_s = tl.load(k_scale_ptr).to(tl.float32) if HAS_K_SCALE else 1.0
-        v_s = tl.load(v_scale_ptr).to(tl.float32) if HAS_V_SCALE else 1.0
-        k_cached = tl.clamp(k / k_s, -FP8_MAX, FP8_MAX).to(cache_type)
-        v_cached = tl.clamp(v / v_s, -FP8_MAX, FP8_MAX).to(cache_type)
-    else:
-        k_cached = k.to(cache_type)
-        v_cached = v.to(cache_type)
-    slot = tl.load(slot_mapping_ptr + q_tok).to(tl.int64)
-    if slot >= 0:
-        block, in_block = slot // BLOCK_SIZE, slot % BLOCK_SIZE
-        k_dst = k_cache_ptr + block * stride_k_block + in_block * stride_k_tok
-        v_dst = v_cache_ptr + block * stride_v_block + in_block * stride_v_tok
-        k_dst += kv_head * stride_k_head + one[:, None] * 0 + offs_d[None, :]
-        v_dst += kv_head * stride_v_head + one[:, None] * 0 + offs_d[None, :]
-        tl.store(k_dst, k_cached, mask=in_head)
-        tl.store(v_dst, v_cached, mask=in_head)
-    # The same products as a tile step (attention_tile): q . k in fp32, p rounded to q's dtype
-    # for the P.V product, l summed from the unrounded p.
-    score = tl.sum(q.to(tl.float32) * k_cached.to(tl.float32), 1) * qk_scale
-    m_new = tl.maximum(m_i, score)
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(score - m_new)
-    l_i = l_i * alpha + p
-    p_rounded = round_to_dtype(p, dtype, CPU_BF16)
-    acc = acc * alpha[:, None] + p_rounded[:, None] * v_cached.to(tl.float32)
-    return acc, m_new, l_i
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -476,13 +409,13 @@ def decode_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_tables.stride(0), *_rope_arguments(rope, dummy),
+        block_tables.stride(0), *rope_arguments(rope, dummy),
         l2_prefetch if prefetch_numel else dummy, prefetch_numel,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, D_PAD=d_pad, SPLIT=num_splits > 1,
         USE_WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         HAS_K_SCALE=k_scale is not None, HAS_V_SCALE=v_scale is not None,
-        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, **_rope_constexprs(rope, key_cache),
+        DOT_PRECISION=dot_precision, CPU_BF16=cpu_bf16, USE_PDL=pdl, **rope_constexprs(rope, key_cache),
         L2_PREFETCH=prefetch_numel > 0, THREADS=cfg.num_warps * 32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(pdl),
     )  # fmt: skip
@@ -497,26 +430,3 @@ def decode_attention(
             USE_PDL=pdl, num_warps=4 if head_dim >= 128 else 2, **launch_options(pdl),
         )  # fmt: skip
     return out
-
-
-def _rope_arguments(rope: DecodeRope | None, dummy: torch.Tensor) -> tuple:
-    """The split kernel's ROPE arguments, from k_new_ptr to stride_cs_pos (dummies without)."""
-    if rope is None:
-        return (dummy,) * 7 + (0.0,) + (0,) * 5
-    q_w = rope.q_norm_weight if rope.q_norm_weight is not None else dummy
-    k_w = rope.k_norm_weight if rope.k_norm_weight is not None else dummy
-    return (
-        rope.k, rope.v, rope.positions, rope.cos_sin_cache, q_w, k_w, rope.slot_mapping,
-        float(rope.eps), rope.k.stride(0), rope.k.stride(1), rope.v.stride(0), rope.v.stride(1),
-        rope.cos_sin_cache.stride(0),
-    )  # fmt: skip
-
-
-def _rope_constexprs(rope: DecodeRope | None, key_cache: torch.Tensor) -> dict:
-    if rope is None:
-        return {}
-    fp8_max = torch.finfo(key_cache.dtype).max if key_cache.element_size() == 1 else 448.0
-    return dict(
-        ROPE=True, QK_NORM=rope.q_norm_weight is not None, ROT_DIM=rope.cos_sin_cache.shape[1],
-        IS_NEOX=rope.is_neox, FP8_MAX=float(fp8_max),
-    )  # fmt: skip

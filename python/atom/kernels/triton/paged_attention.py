@@ -25,11 +25,11 @@ from atom.forward_context import AttentionMetadata
 from atom.kernels.registry import register
 from atom.kernels.triton.attention_decode import (
     DecodeConfig,
-    DecodeRope,
     DecodeWorkspace,
     decode_attention,
     default_num_splits,
 )
+from atom.kernels.triton.attention_decode_rope import DecodeRope
 from atom.kernels.triton.attention_unified import UnifiedConfig, unified_attention
 from atom.kernels.triton.rope_tile import rope_dims_supported
 
